@@ -1,0 +1,3 @@
+from hyft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""User-facing errors: one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class HyftError(Exception):
+    """An error caused by the user's input (config, data, paths); the CLI prints it and exits 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(HyftError):
+    """A config key, type or combination is wrong."""
+
+
+class DataError(HyftError):
+    """A data file is malformed; names the file, line (1-based) and field."""
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field = str(path), line, field
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}: {what}{message}")
