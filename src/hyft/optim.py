@@ -1,0 +1,166 @@
+"""HybridOptimizer: one torch Optimizer over tagged first-order ("fo") and zeroth-order ("zo") parameter groups.
+
+FO groups are stepped by an inner torch optimizer (SGD or AdamW) that shares the very same group dicts, so an lr
+scheduler, HF Trainer or anything else that edits `param_groups[i]["lr"]` drives both groups. The ZO group holds the
+ZO-updated tensors; its gradient is not a tensor but q projected-gradient scalars handed in by the estimator
+(`accumulate_zo`), and `step()` turns them into x <- x - lr * (1/q) sum_j g_j z_j by regenerating each z_j.
+
+Every applied ZO update is appended to `ledger` as (step, lr, weight_decay, coefficients): with the run seed this is
+enough to replay the whole ZO trajectory onto the original weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
+from hyft.zo.rng import mix
+
+FO_OPTIMIZERS = ("sgd", "adamw")
+
+
+class HybridOptimizer(torch.optim.Optimizer):
+    def __init__(
+        self,
+        model: nn.Module,
+        fo_params: Iterable[nn.Parameter] = (),
+        zo_params: Iterable[nn.Parameter] = (),
+        *,
+        fo_optimizer: str = "sgd",
+        fo_lr: float = 1e-3,
+        fo_weight_decay: float = 0.0,
+        fo_momentum: float = 0.0,
+        fo_betas: tuple[float, float] = (0.9, 0.999),
+        zo_lr: float = 1e-6,
+        zo_weight_decay: float = 0.0,
+        zo_momentum: float = 0.0,
+        mu: float = 1e-3,
+        queries: int = 1,
+        distribution: str = "gaussian",
+        rounding: str = "stochastic",
+        fp32_master: bool = False,
+        seed: int = 0,
+    ):
+        fo_params = [p for p in fo_params]
+        zo_list = [p for p in zo_params]
+        if not fo_params and not zo_list:
+            raise ValueError("HybridOptimizer needs at least one FO or ZO parameter")
+        if fo_optimizer not in FO_OPTIMIZERS:
+            raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
+        self.fo: torch.optim.Optimizer | None = None
+        groups: list[dict[str, Any]] = []
+        if fo_params:
+            if fo_optimizer == "sgd":
+                self.fo = torch.optim.SGD(fo_params, lr=fo_lr, momentum=fo_momentum, weight_decay=fo_weight_decay)
+            else:
+                self.fo = torch.optim.AdamW(fo_params, lr=fo_lr, betas=fo_betas, weight_decay=fo_weight_decay)
+            for g in self.fo.param_groups:
+                g["kind"] = "fo"
+            groups.extend(self.fo.param_groups)
+        self.zo_tensors: list[ZOTensor] = zo_tensors(model, zo_list) if zo_list else []
+        if zo_list:
+            groups.append(
+                dict(
+                    params=[t.param for t in self.zo_tensors],
+                    kind="zo",
+                    lr=zo_lr,
+                    weight_decay=zo_weight_decay,
+                    momentum=zo_momentum,
+                )
+            )
+        super().__init__(groups, defaults={})
+        if self.fo is not None:  # the inner optimizer must see the same dicts as ours (add_param_group may copy)
+            self.fo.param_groups = [g for g in self.param_groups if g["kind"] == "fo"]
+        self.mu, self.queries, self.distribution = mu, queries, distribution
+        self.rounding, self.fp32_master, self.seed = rounding, fp32_master, seed
+        self.zo_step = 0  # counts applied ZO updates: the step key of every direction
+        self._grads: torch.Tensor | None = None
+        self._micro = 0
+        self.ledger: list[tuple[int, float, float, torch.Tensor]] = []
+
+    # -- ZO interface used by the step and by the Trainer integration ---------------------------------------------
+    @property
+    def zo_group(self) -> dict[str, Any] | None:
+        return next((g for g in self.param_groups if g["kind"] == "zo"), None)
+
+    def direction(self, query: int) -> Direction:
+        return Direction(self.seed, self.zo_step, query, self.distribution)
+
+    def perturb(self, query: int, sign: float):
+        """Context manager: forwards inside it see x + sign * mu * z_query (x itself is never written)."""
+        return perturbed(self.zo_tensors, self.direction(query), sign * self.mu)
+
+    def accumulate_zo(self, grads: torch.Tensor) -> None:
+        """Add one micro-batch's projected gradients (shape [q]); step() averages over micro-batches."""
+        self._grads = grads.detach().float() if self._grads is None else self._grads + grads.detach().float()
+        self._micro += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.fo is not None:
+            self.fo.zero_grad(set_to_none=set_to_none)
+
+    def discard(self) -> None:
+        """Drop this step's gradients of both groups without updating (divergence guard)."""
+        self.zero_grad(set_to_none=True)
+        self._grads, self._micro = None, 0
+
+    @torch.no_grad()
+    def step(self, closure=None, *, groups: Sequence[str] = ("fo", "zo")):
+        if closure is not None:
+            raise ValueError("HybridOptimizer.step takes no closure; the ZO estimate comes from accumulate_zo")
+        if "fo" in groups and self.fo is not None:
+            self.fo.step()
+        if "zo" in groups and self.zo_tensors:
+            if self._grads is None:
+                raise RuntimeError("ZO step without a projected gradient: call accumulate_zo first")
+            self._apply_zo(self._grads / (self._micro * self.queries))
+            self._grads, self._micro = None, 0
+
+    def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
+        group = self.zo_group
+        step = self.zo_step if step is None else step
+        directions = [Direction(self.seed, step, j, self.distribution) for j in range(len(coeffs))]
+        for t in self.zo_tensors:
+            state = self.state[t.param]
+            if self.fp32_master and "master" not in state:
+                state["master"] = t.param.detach().float().clone()
+            if group["momentum"] and "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
+            apply_update(
+                t,
+                directions,
+                coeffs,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                momentum_buffer=state.get("momentum_buffer"),
+                master=state.get("master"),
+                rounding=self.rounding,
+                rounding_seed=mix(self.seed, step),
+            )
+        # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
+        self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
+        self.zo_step = step + 1
+
+    # -- state ------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        zo = super().state_dict()
+        return {
+            "fo": self.fo.state_dict() if self.fo is not None else None,
+            "zo": zo,
+            "zo_step": self.zo_step,
+            "ledger": [(s, lr, wd, c.tolist()) for s, lr, wd, c in self.ledger],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.fo is not None and state_dict.get("fo") is not None:
+            self.fo.load_state_dict(state_dict["fo"])
+        super().load_state_dict(state_dict["zo"])
+        if self.fo is not None:
+            self.fo.param_groups = [g for g in self.param_groups if g["kind"] == "fo"]
+        self.zo_step = int(state_dict["zo_step"])
+        self.ledger = [(s, lr, wd, torch.tensor(c)) for s, lr, wd, c in state_dict.get("ledger", [])]

@@ -1,0 +1,1 @@
+"""Zeroth-order core: directions, exact perturbation, update, estimator. Imports torch only."""
