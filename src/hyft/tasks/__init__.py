@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from hyft.errors import ConfigError
-from hyft.tasks import sst2
-from hyft.tasks.base import Example, TaskData, resolve_data_dir
+from hyft.tasks import boolq, cb, copa, multirc, rte, sst2, wic, winogrande, wsc
+from hyft.tasks.base import Example, SplitReport, TaskData, resolve_data_dir, sample, split_protocol
 
-TASKS = {"sst2": sst2.load}
+TASKS = {
+    "sst2": sst2.load,
+    "rte": rte.load,
+    "cb": cb.load,
+    "boolq": boolq.load,
+    "wic": wic.load,
+    "wsc": wsc.load,
+    "copa": copa.load,
+    "multirc": multirc.load,
+    "winogrande": winogrande.load,
+}
 
 
 def load_task(
@@ -19,10 +30,27 @@ def load_task(
     n_dev: int | None = 100,
     n_test: int | None = 1000,
     seed: int = 0,
+    **options,
 ) -> TaskData:
+    """A built-in task's seeded splits. `options` are task-specific (winogrande: size=xs|s|m|l|xl)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name](resolve_data_dir(data_dir), n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed)
+    loader = TASKS[name]
+    accepted = set(inspect.signature(loader).parameters) - {"data_dir", "n_train", "n_dev", "n_test", "seed"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        allowed = ", ".join(sorted(accepted)) or "none"
+        raise ConfigError(f"task {name!r} has no option(s) {unknown}; its options: {allowed}")
+    return loader(resolve_data_dir(data_dir), n_train=n_train, n_dev=n_dev, n_test=n_test, seed=seed, **options)
 
 
-__all__ = ["Example", "TaskData", "TASKS", "load_task"]
+__all__ = [
+    "Example",
+    "SplitReport",
+    "TASKS",
+    "TaskData",
+    "load_task",
+    "resolve_data_dir",
+    "sample",
+    "split_protocol",
+]

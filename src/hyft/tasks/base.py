@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyft.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Example:
@@ -69,6 +71,11 @@ def sample(rows: list, n: int | None, seed: int) -> list:
     return [rows[i] for i in idx]
 
 
+def _check_size(name: str, n: int | None) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ConfigError(f"{name} must be a non-negative integer or null (all rows), got {n!r}")
+
+
 def split_protocol(
     name: str,
     train_rows: list,
@@ -80,20 +87,34 @@ def split_protocol(
     n_dev: int | None,
     n_test: int | None,
     seed: int,
+    dev_rows: list | None = None,
+    dev_source: str | None = None,
 ) -> tuple[list, list, list, list[SplitReport]]:
     """The paper's protocol: N train and a dev split sampled from the training file, test from labelled validation.
 
-    Dev is disjoint from train. Where the training file is small, dev takes what is left after train.
+    Dev is disjoint from train. Where the training file cannot fill both, dev keeps its size and train gets the
+    rest, as in MeZO (CB: 150 train + 100 dev); with n_dev=None dev is whatever train leaves. Where a task ships a
+    separate labelled dev file (FewGLUE's dev32, a user's `dev:`), pass it as `dev_rows`: dev is then sampled
+    from it and train may use the whole training file.
     """
+    for key, n in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):
+        _check_size(key, n)
     shuffled = sample(train_rows, None, seed)
     n_tr = len(shuffled) if n_train is None else min(n_train, len(shuffled))
+    if dev_rows is None and n_dev is not None:
+        n_tr = min(n_tr, len(shuffled) - min(n_dev, len(shuffled)))
     train = shuffled[:n_tr]
-    rest = shuffled[n_tr:]
-    dev = rest if n_dev is None else rest[:n_dev]
+    if dev_rows is None:
+        rest = shuffled[n_tr:]
+        dev = rest if n_dev is None else rest[:n_dev]
+        dev_source, dev_available = train_source, len(train_rows)
+    else:
+        dev = sample(dev_rows, n_dev, seed + 2)
+        dev_source, dev_available = dev_source or "dev", len(dev_rows)
     test = sample(eval_rows, n_test, seed + 1)
     reports = [
         SplitReport("train", train_source, len(train_rows), len(train)),
-        SplitReport("dev", train_source, len(train_rows), len(dev)),
+        SplitReport("dev", dev_source, dev_available, len(dev)),
         SplitReport("test", eval_source, len(eval_rows), len(test)),
     ]
     return train, dev, test, reports
