@@ -8,6 +8,7 @@ from pathlib import Path
 from hyft.errors import ConfigError
 from hyft.tasks import boolq, cb, copa, multirc, rte, sst2, wic, winogrande, wsc
 from hyft.tasks.base import Example, SplitReport, TaskData, resolve_data_dir, sample, split_protocol
+from hyft.tasks.user import load_user_task
 
 TASKS = {
     "sst2": sst2.load,
@@ -50,6 +51,7 @@ __all__ = [
     "TASKS",
     "TaskData",
     "load_task",
+    "load_user_task",
     "resolve_data_dir",
     "sample",
     "split_protocol",

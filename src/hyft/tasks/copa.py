@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hyft.errors import DataError
 from hyft.tasks.base import Example, TaskData
-from hyft.tasks.io import field, row_label, text
+from hyft.tasks.io import data_error, field, row_label, text
 from hyft.tasks.superglue import load_jsonl_task
 
 # MeZO's CopaTemplate: the premise without its final period, then the connective; the choice continues the
@@ -30,7 +29,7 @@ def build(path: Path, lineno: int, row: dict) -> Example:
     premise = text(path, lineno, row, "premise")
     question = field(path, lineno, row, "question")
     if question not in CONNECTIVES:
-        raise DataError(path, f"expected 'cause' or 'effect', found {question!r:.40}", line=lineno, field="question")
+        raise data_error(path, f"expected 'cause' or 'effect', found {question!r:.40}", line=lineno, field="question")
     choices = [continuation(text(path, lineno, row, name)) for name in ("choice1", "choice2")]
     label = row_label(path, lineno, row, LABELS)
     return Example.shared_context(context(premise, question), choices, label, line=lineno, question=question)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,34 +18,44 @@ from typing import Any
 from hyft.errors import ConfigError, DataError
 
 _BOM = b"\xef\xbb\xbf"
+_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
 # Far above any real cell; csv's default (128 KiB) is smaller than some SuperGLUE passages.
 csv.field_size_limit(64 * 1024 * 1024)
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def data_error(path: str | Path, message: str, *, line: int | None = None, field: str | None = None) -> DataError:
+    """A DataError whose message stays one printable line even when a field name or value came from the file."""
+    return DataError(path, _printable(message), line=line, field=None if field is None else _printable(field))
 
 
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes without a UTF-8 byte-order mark; an empty (or all-blank) file is an error."""
     path = Path(path)
     if not path.exists():
-        raise DataError(path, "file not found")
+        raise data_error(path, "file not found")
     if not path.is_file():
-        raise DataError(path, "not a regular file")
+        raise data_error(path, "not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(path, f"cannot read ({e.strerror})") from None
+        raise data_error(path, f"cannot read ({e.strerror})") from None
     raw = raw[len(_BOM) :] if raw.startswith(_BOM) else raw
     if not raw.strip():
-        raise DataError(path, "file is empty", line=1)
+        raise data_error(path, "file is empty", line=1)
     return raw
 
 
-def _decode(raw: bytes) -> tuple[str, int | None]:
-    """Text and the offset of the first invalid byte (None if valid). Invalid bytes survive as lone surrogates
-    so the caller can still parse the line and say which field holds them."""
+def _decode(raw: bytes) -> tuple[str, str | None]:
+    """Text, and where its first invalid byte is (None if valid). Invalid bytes survive as lone surrogates so the
+    caller can still parse the line and say which field holds them."""
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as e:
-        return raw.decode("utf-8", "surrogateescape"), e.start
+        return raw.decode("utf-8", "surrogateescape"), f"byte 0x{raw[e.start]:02X} at column {e.start + 1}"
 
 
 def _has_escape(text: str) -> bool:
@@ -71,11 +82,23 @@ def _escaped_field(value: Any, prefix: str = "") -> str | None:
     return None
 
 
-def _not_utf8(path: Path, lineno: int, offset: int, field: str | None) -> DataError:
-    return DataError(path, f"not valid UTF-8 (bad byte at column {offset + 1})", line=lineno, field=field)
+def _not_utf8(path: Path, lineno: int, where: str, field: str | None) -> DataError:
+    return data_error(path, f"not valid UTF-8 ({where})", line=lineno, field=field)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str, int | None]]:
+def _bad_byte(value: str) -> str:
+    """Where the first undecodable byte sits in a cell, e.g. 'byte 0xE9 at character 4'."""
+    i = next(i for i, ch in enumerate(value) if "\udc80" <= ch <= "\udcff")
+    return f"byte 0x{ord(value[i]) - 0xDC00:02X} at character {i + 1}"
+
+
+def _last_key(prefix: str) -> str | None:
+    """The last object key that starts before a JSON syntax error: a hint at where in a long line to look."""
+    keys = _KEY.findall(prefix)
+    return keys[-1] if keys else None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
     for lineno, line in enumerate(read_bytes(path).split(b"\n"), start=1):
         if line.strip():
             text, bad = _decode(line.rstrip(b"\r"))
@@ -90,27 +113,29 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as e:
             if bad is not None:
                 raise _not_utf8(path, lineno, bad, None) from None
-            raise DataError(path, f"malformed JSON ({e.msg} at column {e.colno})", line=lineno) from None
+            near = _last_key(line[: e.pos])
+            msg = f"malformed JSON ({e.msg} at column {e.colno}{', after this field' if near else ''})"
+            raise data_error(path, msg, line=lineno, field=near) from None
         except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, nesting too deep
-            raise DataError(path, f"malformed JSON ({type(e).__name__}: {str(e)[:80]})", line=lineno) from None
+            raise data_error(path, f"malformed JSON ({type(e).__name__}: {str(e)[:80]})", line=lineno) from None
         if bad is not None:
             raise _not_utf8(path, lineno, bad, _escaped_field(obj))
         if not isinstance(obj, dict):
-            raise DataError(path, f"expected a JSON object, found {type(obj).__name__}", line=lineno)
+            raise data_error(path, f"expected a JSON object, found {type(obj).__name__}", line=lineno)
         yield lineno, obj
 
 
 def _header(path: Path, cells: list[str], lineno: int, columns: tuple[str, ...]) -> list[str]:
     for i, name in enumerate(cells):
         if _has_escape(name):
-            raise _not_utf8(path, lineno, 0, f"column {i + 1} of the header")
+            raise _not_utf8(path, lineno, _bad_byte(name), f"column {i + 1} of the header")
         if not name.strip():
-            raise DataError(path, f"header column {i + 1} has no name", line=lineno)
+            raise data_error(path, f"header column {i + 1} has no name", line=lineno)
         if name in cells[:i]:
-            raise DataError(path, "header names this column twice", line=lineno, field=name)
+            raise data_error(path, "header names this column twice", line=lineno, field=name)
     for col in columns:
         if col not in cells:
-            raise DataError(path, f"header lacks column (found {cells})", line=lineno, field=col)
+            raise data_error(path, f"header lacks column (found {cells})", line=lineno, field=col)
     return cells
 
 
@@ -122,17 +147,17 @@ def _table(path: Path, records: Iterator[tuple[int, list[str]]], columns: tuple[
             continue
         if len(cells) != len(header):
             what = "tab-separated" if sep == "\t" else "comma-separated"
-            raise DataError(path, f"expected {len(header)} {what} cells, found {len(cells)}", line=lineno)
+            raise data_error(path, f"expected {len(header)} {what} cells, found {len(cells)}", line=lineno)
         row = dict(zip(header, cells))
         for name, value in row.items():
             if _has_escape(value):
-                raise _not_utf8(path, lineno, 0, name)
+                raise _not_utf8(path, lineno, _bad_byte(value), name)
         n += 1
         yield lineno, row
     if header is None:
-        raise DataError(path, "file has no header line", line=1)
+        raise data_error(path, "file has no header line", line=1)
     if n == 0:
-        raise DataError(path, "no data rows after the header", line=lineno + 1)
+        raise data_error(path, "no data rows after the header", line=lineno + 1)
 
 
 def read_tsv(path: str | Path, columns: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
@@ -152,7 +177,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as e:
-            raise DataError(path, f"malformed CSV ({e})", line=start) from None
+            raise data_error(path, f"malformed CSV ({e})", line=start) from None
         if cells and any(c.strip() for c in cells):
             yield start, cells
 
@@ -174,9 +199,10 @@ def read_parquet(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
-        raise DataError(path, f"not a readable parquet file ({type(e).__name__}: {str(e)[:80]})") from None
+        detail = " ".join(str(e).split())[:80]
+        raise data_error(path, f"not a readable parquet file ({type(e).__name__}: {detail})") from None
     if not rows:
-        raise DataError(path, "parquet file has no rows", line=1)
+        raise data_error(path, "parquet file has no rows", line=1)
     yield from enumerate(rows, start=1)
 
 
@@ -209,7 +235,7 @@ def read_label_lines(path: str | Path) -> list[tuple[int, str]]:
         if bad is not None:
             raise _not_utf8(path, lineno, bad, "label")
         if not text:
-            raise DataError(path, "blank line inside the labels file", line=lineno, field="label")
+            raise data_error(path, "blank line inside the labels file", line=lineno, field="label")
         out.append((lineno, text))
     return out
 
@@ -218,7 +244,7 @@ def expect(path: Path | str, lineno: int, value: Any, kind: type | tuple[type, .
     """`value` (found at field `where`), checked for type."""
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        raise DataError(
+        raise data_error(
             path,
             f"expected {'/'.join(k.__name__ for k in kinds)}, found {type(value).__name__} {value!r:.40}",
             line=lineno,
@@ -238,7 +264,7 @@ def field(
 ):
     """row[name], checked for presence and type. `where` names the field in errors when it is nested."""
     if name not in row:
-        raise DataError(path, "missing", line=lineno, field=where or name)
+        raise data_error(path, "missing", line=lineno, field=where or name)
     return expect(path, lineno, row[name], kind, where or name)
 
 
@@ -246,7 +272,7 @@ def text(path: Path | str, lineno: int, row: dict[str, Any], name: str, *, where
     """row[name] as stripped, non-empty text."""
     value = field(path, lineno, row, name, where=where).strip()
     if not value:
-        raise DataError(path, "empty text", line=lineno, field=where or name)
+        raise data_error(path, "empty text", line=lineno, field=where or name)
     return value
 
 
@@ -260,7 +286,7 @@ def label_index(path: Path | str, lineno: int, value: Any, labels: dict[Any, int
         except TypeError:  # an unhashable value (a list or object)
             value_ok = False
     if not value_ok:
-        raise DataError(path, f"unknown label {value!r:.40} (expected one of {list(labels)})", line=lineno, field=name)
+        raise data_error(path, f"unknown label {value!r:.40} (expected one of {list(labels)})", line=lineno, field=name)
     return labels[value]
 
 
@@ -269,5 +295,5 @@ def row_label(
 ) -> int:
     """The candidate index for row[name], which must be present and one of `labels`."""
     if name not in row:
-        raise DataError(path, "missing", line=lineno, field=where or name)
+        raise data_error(path, "missing", line=lineno, field=where or name)
     return label_index(path, lineno, row[name], labels, where or name)

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hyft.errors import DataError
 from hyft.tasks.base import Example, TaskData, split_protocol
-from hyft.tasks.io import read_jsonl
+from hyft.tasks.io import data_error, read_jsonl
 
 # build(path, line, row) -> one example, or several (MultiRC: one per answer option)
 Builder = Callable[[Path, int, dict[str, Any]], "Example | list[Example]"]
@@ -29,7 +28,7 @@ def read_examples(path: Path, build: Builder) -> list[Example]:
 
 def require(path: Path) -> Path:
     if not path.exists():
-        raise DataError(path, "file not found (is the data directory right? set data_dir or $HYFT_DATA_DIR)")
+        raise data_error(path, "file not found (is the data directory right? set data_dir or $HYFT_DATA_DIR)")
     return path
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hyft.errors import ConfigError, DataError
+from hyft.errors import ConfigError
 from hyft.tasks.base import Example, TaskData, split_protocol
-from hyft.tasks.io import label_index, read_jsonl, read_label_lines, text
+from hyft.tasks.io import data_error, label_index, read_jsonl, read_label_lines, text
 from hyft.tasks.superglue import require
 
 SIZES = ("xs", "s", "m", "l", "xl", "debiased")
@@ -19,10 +19,10 @@ LABELS = {"1": 0, "2": 1, 1: 0, 2: 1}
 
 def split_at_blank(path: Path, lineno: int, sentence: str) -> tuple[str, str]:
     if sentence.count("_") != 1:
-        raise DataError(path, f"expected one '_' blank, found {sentence.count('_')}", line=lineno, field="sentence")
+        raise data_error(path, f"expected one '_' blank, found {sentence.count('_')}", line=lineno, field="sentence")
     before, after = sentence.split("_")
     if not after.strip():
-        raise DataError(path, "nothing after the blank to score", line=lineno, field="sentence")
+        raise data_error(path, "nothing after the blank to score", line=lineno, field="sentence")
     return before, after
 
 
@@ -43,7 +43,7 @@ def read(path: Path) -> list[Example]:
     lpath = labels_path(path)
     lines = read_label_lines(lpath) if lpath.exists() else None
     if lines is not None and len(lines) != len(rows):
-        raise DataError(lpath, f"has {len(lines)} labels but {path.name} has {len(rows)} rows", line=len(lines))
+        raise data_error(lpath, f"has {len(lines)} labels but {path.name} has {len(rows)} rows", line=len(lines))
     out = []
     for i, (lineno, row) in enumerate(rows):
         answer = row.get("answer", "")
@@ -53,10 +53,10 @@ def read(path: Path) -> list[Example]:
             from_file = label_index(lpath, lline, value, LABELS)
             if label is not None and from_file != label:
                 msg = f"{value!r} disagrees with answer {answer!r} at {path.name}:{lineno}"
-                raise DataError(lpath, msg, line=lline, field="label")
+                raise data_error(lpath, msg, line=lline, field="label")
             label = from_file
         if label is None:
-            raise DataError(path, f"missing, and there is no {lpath.name}", line=lineno, field="answer")
+            raise data_error(path, f"missing, and there is no {lpath.name}", line=lineno, field="answer")
         out.append(build(path, lineno, row, label))
     return out
 
