@@ -8,6 +8,7 @@ from pathlib import Path
 from hyft.errors import ConfigError
 from hyft.tasks import boolq, cb, copa, multirc, rte, sst2, wic, winogrande, wsc
 from hyft.tasks.base import Example, SplitReport, TaskData, resolve_data_dir, sample, split_protocol
+from hyft.tasks.metrics import exact_match, token_f1
 from hyft.tasks.user import load_user_task
 
 TASKS = {
@@ -50,9 +51,11 @@ __all__ = [
     "SplitReport",
     "TASKS",
     "TaskData",
+    "exact_match",
     "load_task",
     "load_user_task",
     "resolve_data_dir",
     "sample",
     "split_protocol",
+    "token_f1",
 ]
