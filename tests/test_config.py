@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from hyft.cli import main
+from hyft.config import Config, describe, load_config
+from hyft.errors import ConfigError
+from hyft.methods import resolve
+
+EXAMPLES = sorted(Path("examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_configs_parse_and_resolve(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    resolve(cfg)
+
+
+def test_overrides_types_and_aliases():
+    cfg = load_config(None, ["--zo.lr", "1e-6", "--peft", "prefix", "--train.steps=7", "--zo.exclude", "a*,b*"])
+    assert cfg.zo.lr == 1e-6 and cfg.peft.type == "prefix" and cfg.train.steps == 7 and cfg.zo.exclude == ["a*", "b*"]
+    assert load_config(None, ["--model.trust_remote_code"]).model.trust_remote_code is True
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--zo.lrr", "1"], "did you mean 'lr'"),
+        (["--zo.lr", "abc"], "expected float"),
+        (["--train.steps", "1.5"], "expected int"),
+        (["--nonsense", "1"], "unknown key"),
+    ],
+)
+def test_bad_overrides(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, args)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "mezo", "--peft", "lora"], "uses 'none'"),
+        (["--method", "nope"], "unknown method"),
+        (["--method", "lora", "--base", "frozen", "--adapter_train", "zz"], "adapter_train"),
+    ],
+)
+def test_bad_method_combinations(args, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(load_config(None, args))
+
+
+def test_method_presets():
+    m = resolve(load_config(None, ["--method", "hybrid", "--peft", "prefix"]))
+    assert (m.base, m.peft, m.adapter, m.schedule) == ("zo", "prefix", "fo", "onesided")
+    assert resolve(load_config(None, ["--method", "mezo"])).schedule == "central"
+
+
+def test_cli_bad_key_exits_2(capsys):
+    assert main(["train", "--zo.lrr", "1"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_help_lists_every_key():
+    text = "\n".join(describe())
+    for key in ("--zo.lr", "--fo.optimizer", "--peft.type", "--train.dropout", "--zo.rounding"):
+        assert key in text
