@@ -79,3 +79,10 @@ def test_bad_input_names_file_line_and_field(kind, tmp_path):
     if field:
         assert f"field '{field}'" in msg
     assert "\n" not in msg  # the CLI prints it as one line
+
+
+def test_json_escape_making_a_lone_surrogate(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine \\ud83d\\ude00", "y": 0}\n{"text": "bad \\udc00", "y": 0}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'text': a \\u escape makes a lone surrogate"):
+        load_user_task({**CLASSIFY, "train": str(path)}, **SIZES)

@@ -58,25 +58,28 @@ def _decode(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("utf-8", "surrogateescape"), f"byte 0x{raw[e.start]:02X} at column {e.start + 1}"
 
 
-def _has_escape(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+def _has_escape(text: str, low: str = "\udc80") -> bool:
+    """Whether `text` holds a lone surrogate at or above `low`: by default only U+DC80..U+DCFF, the undecodable bytes
+    kept by surrogateescape; from U+D800, also those that JSON escapes such as \\udc00 produce, which no tokenizer
+    can encode."""
+    return any(low <= ch <= "\udfff" for ch in text)
 
 
-def _escaped_field(value: Any, prefix: str = "") -> str | None:
-    """The dotted path of the first string (or key) in `value` that holds undecodable bytes."""
+def _escaped_field(value: Any, prefix: str = "", low: str = "\udc80") -> str | None:
+    """The dotted path of the first string (or key) in `value` that holds a lone surrogate (see _has_escape)."""
     if isinstance(value, str):
-        return prefix if prefix and _has_escape(value) else None
+        return prefix if prefix and _has_escape(value, low) else None
     if isinstance(value, dict):
         for k, v in value.items():
             name = f"{prefix}.{k}" if prefix else str(k)
-            if _has_escape(str(k)):
+            if _has_escape(str(k), low):
                 return name
-            found = _escaped_field(v, name)
+            found = _escaped_field(v, name, low)
             if found:
                 return found
     if isinstance(value, list):
         for i, v in enumerate(value):
-            found = _escaped_field(v, f"{prefix}[{i}]")
+            found = _escaped_field(v, f"{prefix}[{i}]", low)
             if found:
                 return found
     return None
@@ -120,6 +123,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise data_error(path, f"malformed JSON ({type(e).__name__}: {str(e)[:80]})", line=lineno) from None
         if bad is not None:
             raise _not_utf8(path, lineno, bad, _escaped_field(obj))
+        if "\\ud" in line.lower():
+            where = _escaped_field(obj, low="\ud800")
+            if where:
+                raise data_error(path, "a \\u escape makes a lone surrogate, not a character", line=lineno, field=where)
         if not isinstance(obj, dict):
             raise data_error(path, f"expected a JSON object, found {type(obj).__name__}", line=lineno)
         yield lineno, obj
