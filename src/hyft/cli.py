@@ -1,45 +1,38 @@
-"""`hyft train | ...`: thin entry points over the library; user errors print one line and exit 2."""
+"""`hyft <command>`: thin entry points over the library; user errors print one line and exit 2.
+
+Each command lives in its own module with `add_arguments(parser)` and `run(args, rest) -> int`; COMMANDS maps the
+command name to that module, so adding a command is one line here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from hyft.errors import HyftError
 
-
-def _train(args: argparse.Namespace, rest: list[str]) -> int:
-    from hyft.config import load_config
-    from hyft.trainer import Trainer
-
-    cfg = load_config(args.config, rest)
-    info = Trainer(cfg).fit()
-    print(f"[hyft] wrote {cfg.train.output_dir} (wall {info['wall_time_s']:.1f} s)")
-    return 0
+COMMANDS = {
+    "train": ("hyft.commands.train", "fine-tune a model"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyft", description="Hybrid (zeroth-order base + first-order PEFT) fine-tuning.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="fine-tune a model", add_help=False)
-    t.add_argument("--config", help="YAML config file")
-    t.add_argument("-h", "--help", action="store_true", help="list every config key")
-    t.set_defaults(func=_train)
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        sp = sub.add_parser(name, help=help_text, add_help=getattr(mod, "ADD_HELP", True), description=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(run=mod.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "help", False):
-        from hyft.config import describe
-
-        print("usage: hyft train [--config FILE.yaml] [--section.key VALUE ...]\n")
-        print("\n".join(describe()))
-        return 0
+    args, rest = build_parser().parse_known_args(argv)
     try:
-        return args.func(args, rest)
+        return int(args.run(args, rest) or 0)
     except HyftError as e:
         print(f"hyft: error: {e}", file=sys.stderr)
         return e.exit_code

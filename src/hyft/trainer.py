@@ -178,7 +178,11 @@ class Trainer:
         self.model.train(self.cfg.train.dropout == "shared")
 
     def accept(self, result: StepResult) -> bool:
+        """Hook: veto a step's update (both groups) before it is applied."""
         return True
+
+    def after_step(self, result: StepResult) -> None:
+        """Hook: runs after every step (checkpointing, interruption checks)."""
 
     def train_step(self) -> StepResult:
         self.set_mode()
@@ -257,6 +261,7 @@ class Trainer:
                 evals.append(self.evaluate("dev"))
                 self.log({"step": self.step, "eval_dev_accuracy": evals[-1]["accuracy"]})
             bar.update(1)
+            self.after_step(result)
         bar.close()
         self.elapsed = time.perf_counter() - t0
         for split in ("dev", "test"):

@@ -1,0 +1,1 @@
+"""One module per `hyft` command: add_arguments(parser) and run(args, rest)."""
