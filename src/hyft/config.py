@@ -75,7 +75,8 @@ class FOConfig:
 class DataConfig:
     task: str = _f("sst2", "built-in task name, or 'user' with `dataset`")
     data_dir: str | None = _f(None, "directory of task files; default $HYFT_DATA_DIR or ../shared/data")
-    dataset: dict[str, Any] | None = _f(None, "user dataset spec (see docs/tasks.md)")
+    dataset: dict[str, Any] | None = _f(None, "user dataset spec (see docs/tasks.md); paths relative to the cwd")
+    options: dict[str, Any] = _f({}, "task-specific options, e.g. {size: xs} for winogrande")
     n_train: int = _f(1000, "training examples sampled (seeded)")
     n_dev: int = _f(100, "dev examples for model selection, disjoint from train")
     n_test: int = _f(1000, "test examples from the labelled validation file (at most)")

@@ -86,7 +86,7 @@ def load_data(cfg: Config):
         if not d.dataset:
             raise ConfigError("data.dataset: task 'user' needs a dataset spec")
         return tasks.load_user_task(d.dataset, **kw)
-    return tasks.load_task(d.task, d.data_dir, **kw)
+    return tasks.load_task(d.task, d.data_dir, **kw, **d.options)
 
 
 def build_optimizer(cfg: Config, model, method: Method) -> tuple[HybridOptimizer, Partition]:
