@@ -113,11 +113,11 @@ def tiny_trainer(method: str, strategy: str, out: Path, *, lora_targets=("q_proj
     from hyft.trainer import Trainer
 
     args = [
-        "--method", method, "--data.data_dir", str(ROOT / "tests/fixtures/data"), "--data.n_train", "40",
-        "--data.n_dev", "4", "--data.n_test", "4", "--train.batch_size", "8", "--train.output_dir", str(out),
-        "--train.progress", "false", "--train.eval_before", "false", "--train.overwrite", "true",
-        "--peft.r", "8", "--peft.target_modules", ",".join(lora_targets), "--zo.queries", str(queries),
-        "--dist.strategy", strategy,
+        "--method", method, "--model.device", "cpu", "--data.data_dir", str(ROOT / "tests/fixtures/data"),
+        "--data.n_train", "40", "--data.n_dev", "4", "--data.n_test", "4", "--train.batch_size", "8",
+        "--train.output_dir", str(out), "--train.progress", "false", "--train.eval_before", "false",
+        "--train.overwrite", "true", "--peft.r", "8", "--peft.target_modules", ",".join(lora_targets),
+        "--zo.queries", str(queries), "--dist.strategy", strategy,
     ]  # fmt: skip
     return Trainer(load_config(None, args), model=tiny_model("llama"), tokenizer=byte_tokenizer())
 

@@ -218,9 +218,21 @@ def setup(cfg) -> DistContext:
         world, rank = tdist.get_world_size(), tdist.get_rank()
     else:
         backend = tdist.get_backend()
+    if rank != 0:
+        _quiet()
     return DistContext(
         strategy, rank, world, local_rank, backend, device, fsdp_reshard_after_forward=d.fsdp_reshard_after_forward
     )
+
+
+def _quiet() -> None:
+    """Other ranks than 0 show no transformers progress bars or info logs (rank 0 shows them once)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _shutdown() -> None:
@@ -265,6 +277,12 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
     if ctx.strategy != "ddp":
         return model
     check_model(model)
+    devices = {p.device for p in model.parameters()}
+    if ctx.device is not None and devices != {ctx.device}:
+        raise ConfigError(
+            f"the model's weights are on {', '.join(sorted(map(str, devices)))} but this rank's device is {ctx.device} "
+            "(model.device); a model passed to the Trainer must already be there"
+        )
     if not any(p.requires_grad for p in model.parameters()):  # ZO only: DDP refuses a module without gradients
         with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):

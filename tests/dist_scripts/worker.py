@@ -27,7 +27,8 @@ SCENARIOS = {
 
 def args_for(name: str, out: Path, strategy: str | None = None) -> list[str]:
     args = [
-        "--data.data_dir", str(ROOT / "tests/fixtures/data"), "--data.n_train", "40", "--data.n_dev", "4",
+        "--model.device", "cpu", "--data.data_dir", str(ROOT / "tests/fixtures/data"), "--data.n_train", "40",
+        "--data.n_dev", "4",
         "--data.n_test", "4", "--train.batch_size", "8", "--train.log_every", "1", "--train.output_dir",
         str(out / name), "--train.progress", "false", "--train.eval_before", "false", "--zo.lr", "1e-3",
         "--fo.lr", "1e-2", *SCENARIOS[name],
