@@ -87,7 +87,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: int = _f(100, "optimizer steps")
-    batch_size: int = _f(16, "examples per step (all micro-batches together)")
+    batch_size: int = _f(16, "examples per step (all micro-batches and all ranks together)")
     grad_accum: int = _f(1, "micro-batches per step; they share one ZO direction")
     eval_every: int = _f(0, "evaluate on dev every N steps (0: only before and after)")
     eval_batch_size: int = _f(64, "sequences per scoring batch")
@@ -97,6 +97,20 @@ class TrainConfig:
     output_dir: str = _f("runs/default", "where metrics, eval results and checkpoints go")
     overwrite: bool = _f(False, "allow writing into an output directory that holds another run")
     progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class DistConfig:
+    strategy: str = _f(
+        "auto",
+        "auto (ddp when launched with several processes, fsdp when accelerate asks for FSDP2, else none), none, ddp "
+        "or fsdp (FSDP2: base weights sharded, each rank perturbs and updates its own shards); see docs/distributed.md",
+    )
+    backend: str = _f("auto", "process group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo")
+    timeout_s: int = _f(1800, "seconds a collective may wait for the other ranks before the run fails")
+    fsdp_reshard_after_forward: bool = _f(
+        True, "fsdp: free each layer's gathered weights after its forward (less memory, one more all-gather)"
+    )
 
 
 @dataclass
@@ -111,6 +125,7 @@ class Config:
     fo: FOConfig = field(default_factory=FOConfig, metadata={"help": "first-order group"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task and data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "multi-process training (torchrun)"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from hyft import dist as hdist
 from hyft import scoring
 from hyft.config import Config, save_config
 from hyft.errors import ConfigError
@@ -89,7 +90,7 @@ def load_data(cfg: Config):
     return tasks.load_task(d.task, d.data_dir, **kw, **d.options)
 
 
-def build_optimizer(cfg: Config, model, method: Method) -> tuple[HybridOptimizer, Partition]:
+def build_optimizer(cfg: Config, model, method: Method, *, sharded: bool = False) -> tuple[HybridOptimizer, Partition]:
     head = output_head(model)
     part = partition(
         model,
@@ -104,7 +105,11 @@ def build_optimizer(cfg: Config, model, method: Method) -> tuple[HybridOptimizer
     )
     if not part.fo and not part.zo:
         raise ConfigError("nothing to train: the partition left no FO and no ZO tensors (check zo.include/exclude)")
-    opt = HybridOptimizer(
+    if sharded:  # FSDP2: each rank perturbs and updates its own shards (hyft/zo/sharded.py)
+        from hyft.zo.sharded import ShardedHybridOptimizer as optimizer_cls
+    else:
+        optimizer_cls = HybridOptimizer
+    opt = optimizer_cls(
         model, part.fo, part.zo,
         fo_optimizer=cfg.fo.optimizer, fo_lr=cfg.fo.lr, fo_weight_decay=cfg.fo.weight_decay,
         fo_momentum=cfg.fo.momentum, zo_lr=cfg.zo.lr, zo_weight_decay=cfg.zo.weight_decay,
@@ -133,14 +138,22 @@ class Trainer:
         self.cfg = cfg
         self.method = resolve(cfg)
         self.out = Path(cfg.train.output_dir)
+        self.dist = hdist.setup(cfg)  # process group and this rank's device; refuses unsupported setups
+        self.is_main = self.dist.is_main  # only rank 0 prints and writes files
         torch.manual_seed(cfg.seed)  # peft initialises adapters from the global RNG
         if model is None:
-            model, tokenizer = load_model(cfg.model)
+            model, tokenizer = load_model(self.dist.model_config(cfg.model))
         self.tokenizer = tokenizer
         self.model = attach_peft(model, self.method.peft, cfg.peft)
+        sharded = self.dist.strategy == "fsdp"
+        if sharded:  # the partition sets requires_grad, which FSDP2 keeps; the optimizer needs the sharded params
+            build_optimizer(cfg, self.model, self.method)
+            hdist.shard(self.model, self.dist)
         self.head = output_head(self.model)
         self.device = next(self.model.parameters()).device
-        self.opt, self.partition = build_optimizer(cfg, self.model, self.method)
+        self.opt, self.partition = build_optimizer(cfg, self.model, self.method, sharded=sharded)
+        self.train_model = hdist.wrap_ddp(self.model, self.dist)  # what the training forward runs through
+        self.loss_sync = hdist.LossSync(self.dist, self.opt)
         self.scheduler = build_scheduler(cfg, self.opt)
         self.data = data if data is not None else load_data(cfg)
         enc = lambda exs: [scoring.encode(tokenizer, e, cfg.data.max_length) for e in exs]
@@ -156,15 +169,15 @@ class Trainer:
 
     # -- pieces -------------------------------------------------------------------------------------------------------
     def loss_fn(self, batch: scoring.Batch) -> torch.Tensor:
-        return scoring.loss(self.model, self.head, batch, self.cfg.data.loss)
+        return scoring.loss(self.train_model, self.head, batch, self.cfg.data.loss)
 
     def next_micro_batches(self) -> list[scoring.Batch]:
         t = self.cfg.train
-        idx = self.order.next(t.batch_size)
+        idx = self.dist.local_slice(self.order.next(t.batch_size))  # this rank's part of the global batch
         k = t.grad_accum
-        if t.batch_size % k:
+        if len(idx) % k:
             raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accum {k}")
-        size = t.batch_size // k
+        size = len(idx) // k
         pad = self.tokenizer.pad_token_id
         only_label = self.cfg.data.loss == "lm"
         return [
@@ -188,7 +201,8 @@ class Trainer:
         self.set_mode()
         result = hybrid_step(
             self.opt, self.loss_fn, self.next_micro_batches(),
-            schedule=self.method.schedule, dropout=self.cfg.train.dropout, accept=self.accept,
+            schedule=self.method.schedule, dropout=self.cfg.train.dropout,
+            accept=self.loss_sync.wrap(self.accept), no_sync=hdist.no_sync(self.train_model),
         )  # fmt: skip
         if result.applied:
             self.scheduler.step()
@@ -204,6 +218,9 @@ class Trainer:
 
     # -- outputs ------------------------------------------------------------------------------------------------------
     def prepare_output(self) -> None:
+        self.dist.on_main(self._prepare_output)  # an error on rank 0 is raised on every rank
+
+    def _prepare_output(self) -> None:
         if (self.out / "run.json").exists() and not self.cfg.train.overwrite:
             raise ConfigError(
                 f"train.output_dir: {self.out} already holds a run; pass --train.overwrite true or another directory"
@@ -213,6 +230,8 @@ class Trainer:
         save_config(self.cfg, self.out / "config.yaml")
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -226,6 +245,7 @@ class Trainer:
             "wall_time_s": round(self.elapsed, 3),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": str(self.device),
+            "distributed": self.dist.describe(),
             "forwards_per_step": self.counts[0] * self.cfg.train.grad_accum,
             "backwards_per_step": self.counts[1] * self.cfg.train.grad_accum,
             "params": self.partition.summary(),
@@ -242,8 +262,9 @@ class Trainer:
             for split in ("dev", "test"):
                 if self.encoded[split]:
                     evals.append(self.evaluate(split))
-                    print(f"[hyft] step 0 {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
-        bar = _progress(cfg.train.steps, cfg.train.progress)
+                    if self.is_main:
+                        print(f"[hyft] step 0 {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+        bar = _progress(cfg.train.steps, cfg.train.progress and self.is_main)
         window: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
         t0 = time.perf_counter()
@@ -267,10 +288,12 @@ class Trainer:
         for split in ("dev", "test"):
             if self.encoded[split]:
                 evals.append(self.evaluate(split))
-                print(f"[hyft] step {self.step} {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
-        (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
+                if self.is_main:
+                    print(f"[hyft] step {self.step} {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
         info = self.run_info(evals)
-        (self.out / "run.json").write_text(json.dumps(info, indent=1))
+        if self.is_main:
+            (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
+            (self.out / "run.json").write_text(json.dumps(info, indent=1))
         return info
 
     def metrics_record(self, losses: list[torch.Tensor], grads: list[torch.Tensor], elapsed: float) -> dict[str, Any]:
