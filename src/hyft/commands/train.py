@@ -21,6 +21,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         print("\n".join(describe()))
         return 0
     cfg = load_config(args.config, rest)
-    info = Trainer(cfg).fit()
-    print(f"[hyft] wrote {cfg.train.output_dir} (wall {info['wall_time_s']:.1f} s)")
+    trainer = Trainer(cfg)
+    info = trainer.fit()
+    if trainer.is_main:
+        print(f"[hyft] wrote {cfg.train.output_dir} (wall {info['wall_time_s']:.1f} s)")
     return 0
