@@ -194,8 +194,10 @@ def check_safetensors(path: Path) -> dict[str, Any]:
             if len(head) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100 * 1024**2):
-                raise CheckpointError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
+            if n > 100 * 1024**2:
+                raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+            if 8 + n > size:
+                raise CheckpointError(f"{path}: truncated ({size} bytes, its header alone needs {8 + n})")
             header = json.loads(fh.read(n))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -535,11 +537,14 @@ def load_base_model(c: Path, model_cfg, *, original: str | None = None):
     base = c / "base"
     index = read_index(base)
     if index.get("hyft", {}).get("complete"):
-        for fname in sorted(set(index["weight_map"].values())):
-            check_safetensors(base / fname)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(base), dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
-        )
+        check_base_shapes(base, index, model_cfg.trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(base), dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{base}: cannot load ({type(e).__name__}: {first})") from None
     else:
         src = replace(model_cfg, name=original or model_cfg.name, device="cpu", gradient_checkpointing=False)
         model, _ = load_model(src)
@@ -553,3 +558,28 @@ def load_base_model(c: Path, model_cfg, *, original: str | None = None):
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return model, tok
+
+
+def check_base_shapes(base: Path, index: dict[str, Any], trust_remote_code: bool) -> None:
+    """Every tensor of a complete base/ against the shapes its config.json implies (a meta-device skeleton, no
+    memory), so a mismatch is one clear line instead of a loader traceback."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(base), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{base}/config.json: unusable ({type(e).__name__}: {e})") from None
+    shapes = {n: list(t.shape) for n, t in skeleton.state_dict().items()}
+    for fname in sorted(set(index["weight_map"].values())):
+        header = check_safetensors(base / fname)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if name not in shapes:
+                raise CheckpointError(f"{base / fname}: tensor {name!r} is not part of this model (config.json)")
+            if list(info["shape"]) != shapes[name]:
+                raise CheckpointError(
+                    f"{base / fname}: tensor {name!r} has shape {list(info['shape'])}, the model's is {shapes[name]}"
+                )

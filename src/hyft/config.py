@@ -251,7 +251,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+            raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
         except RecursionError:
             raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
         if data is None:

@@ -96,6 +96,8 @@ def check_config(cfg: Config) -> Method:
     t = cfg.train
     if t.batch_size % t.grad_accum:
         raise _err(cfg, "train.batch_size", f"{t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
+    if method.schedule == "alternating" and not (method.has_zo and method.has_fo):
+        raise _err(cfg, "zo.schedule", f"'alternating' needs a first-order and a ZO group; {cfg.method!r} has one")
     # A setting for a group the method does not have is a mistake (unless it only restates the default, as a
     # saved config.yaml does for every key).
     groups = {"zo": (method.has_zo, "zeroth-order"), "fo": (method.has_fo, "first-order")}
@@ -103,8 +105,6 @@ def check_config(cfg: Config) -> Method:
         has, group = groups[key[:2]]
         if not has and explicitly_set(cfg, key) and _get(cfg, key) != _get(_DEFAULT, key):
             raise _err(cfg, key, f"method {cfg.method!r} has no {group} group to apply it to")
-    if method.schedule == "alternating" and not (method.has_zo and method.has_fo):
-        raise _err(cfg, "zo.schedule", f"'alternating' needs a first-order and a ZO group; {cfg.method!r} has one")
     if cfg.model.gradient_checkpointing and t.dropout == "off":
         raise _err(
             cfg,
