@@ -257,3 +257,28 @@ def test_tensorboard_scalars(tmp_path):
     assert [round(e.value, 5) for e in acc.Scalars("zo/projected_grad")] == [
         round(r["zo_projected_grad"], 5) for r in rows
     ]
+
+
+def test_sharded_base_resumes_and_loads_in_transformers(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck, "SHARD_BYTES", 20_000)  # ~110 kB of base tensors -> several shards
+    ref = make_trainer(tmp_path / "ref", steps=4, extra=["--train.save_every", "2"])
+    ref.fit()
+    c = final_checkpoint(tmp_path / "ref")
+    shards = sorted((c / "base").glob("model-*.safetensors"))
+    assert len(shards) > 3 and shards[0].name.endswith(f"-of-{len(shards):05d}.safetensors")
+    index = json.loads((c / "base" / ck.INDEX).read_text())
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    from transformers import AutoModelForCausalLM
+
+    loaded = dict(AutoModelForCausalLM.from_pretrained(str(c / "base")).named_parameters())
+    for n, p in ref.model.get_base_model().named_parameters():
+        if "lora" not in n:
+            assert torch.equal(loaded[n.replace(".base_layer", "")], p), n
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "ref", run)
+    shutil.rmtree(ck.list_checkpoints(run)[-1])
+    tr = make_trainer(run, steps=4, extra=["--train.save_every", "2"])
+    tr.resume(run)
+    tr.fit()
+    for p, q in zip(ref.model.parameters(), tr.model.parameters()):
+        assert torch.equal(p, q)

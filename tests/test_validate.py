@@ -271,3 +271,28 @@ def test_validation_never_raises_anything_but_config_error(args):
         check_config(cfg)
     except ConfigError:
         pass
+
+
+def test_custom_model_code_runs_only_with_trust_remote_code(world, tmp_path):
+    """A model directory whose config points at its own modelling code: hyft's loaders (train, resume/export, replay)
+    use the built-in architecture unless model.trust_remote_code is set."""
+    from hyft.commands.train import load_model_for
+
+    d = tmp_path / "evil"
+    shutil.copytree(world / "tiny", d)
+    ran = tmp_path / "evil-code-ran"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "evil.py").write_text(
+        f"open({str(ran)!r}, 'w').write('x')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n"
+        "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n"
+    )
+    model, _ = load_model_for(load_config(None, ["--model.name", str(d)]), None)
+    assert type(model).__name__ == "LlamaForCausalLM" and not ran.exists()
+    assert main(["replay", str(world / "run"), "--base", str(d), "--out", str(tmp_path / "r")]) == 0
+    assert not ran.exists()
+    model, _ = load_model_for(load_config(None, ["--model.name", str(d), "--model.trust_remote_code", "true"]), None)
+    assert type(model).__name__ == "EvilModel" and ran.exists()  # the switch really is the only thing in the way

@@ -453,7 +453,7 @@ def save_run(tr) -> Path:
             "complete": complete,
             "source": {"name": tr.cfg.model.name, "revision": tr.cfg.model.revision, "dtype": tr.cfg.model.dtype},
         }
-        save_hf_weights(d / "base", tensors, extra=extra)
+        save_hf_weights(d / "base", tensors, extra=extra, shard_bytes=SHARD_BYTES)
         unwrap(model).config.save_pretrained(d / "base")
         if _is_peft(model):
             model.save_pretrained(str(d / "adapter"), save_embedding_layers=False)
