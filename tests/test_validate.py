@@ -296,3 +296,18 @@ def test_custom_model_code_runs_only_with_trust_remote_code(world, tmp_path):
     assert not ran.exists()
     model, _ = load_model_for(load_config(None, ["--model.name", str(d), "--model.trust_remote_code", "true"]), None)
     assert type(model).__name__ == "EvilModel" and ran.exists()  # the switch really is the only thing in the way
+
+
+def test_replay_and_resume_refuse_another_device_type(world, tmp_path, capsys):
+    run = copy_run(world, tmp_path)
+    c = final_checkpoint(run)
+    doc = json.loads((c / "ledger.json").read_text())
+    doc["device"] = "cuda"  # as if the run had drawn its directions on a GPU
+    (c / "ledger.json").write_text(json.dumps(doc))
+    remark(c)
+    assert (
+        main(["replay", str(run), "--base", str(world / "tiny"), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    )
+    assert "replay must run on cuda" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "resume with --model.device cuda" in capsys.readouterr().err

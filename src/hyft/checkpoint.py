@@ -516,6 +516,13 @@ def load_run(tr, c: Path) -> Path:
     doc = read_ledger(c / LEDGER)
     if int(doc["seed"]) != tr.cfg.seed:
         raise CheckpointError(f"{c / LEDGER}: written by a run with seed {doc['seed']}, this run has {tr.cfg.seed}")
+    here = tr.opt.zo_tensors[0].param.device.type if tr.opt.zo_tensors else None
+    if here is not None and doc["updates"] and doc.get("device", here) != here:
+        raise CheckpointError(
+            f"{c}: the run drew its ZO directions on {doc['device']}; the {here} generator draws other numbers from "
+            f"the same seeds, so continuing on {here} would change the trajectory and the ledger could no longer "
+            f"replay it; resume with --model.device {doc['device']}"
+        )
     ledger = [(s, lr, wd, cs) for s, lr, wd, cs in doc["updates"]]
     try:
         tr.load_state_dict(state, ledger)

@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--base", metavar="NAME_OR_DIR", help="the original model the run started from (default: the ledger's)"
     )
     p.add_argument("--out", metavar="DIR", required=True, help="where to write the rebuilt HF model directory")
-    p.add_argument("--device", help="device to replay on (default: the run's device type; others differ in bits)")
+    p.add_argument("--device", help="device to replay on, e.g. cuda:1 (default and required type: the run's)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code for --base")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
 
@@ -40,12 +40,15 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     base = args.base or source.get("name")
     if not base:
         raise ConfigError(f"{path}: the ledger names no original model; pass --base")
-    device = args.device or doc.get("device", "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+    run_device = doc.get("device", "cpu")
+    device = args.device or run_device
+    if torch.device(device).type != torch.device(run_device).type:
         raise ConfigError(
-            f"--device: the run updated its weights on {device}, and CUDA is not available here; pass --device cpu "
-            "(the result then differs from the run's in the last bits)"
+            f"--device: the run drew its ZO directions with the {run_device} random generator; {device} draws other "
+            f"numbers from the same seeds, so replay must run on {run_device}"
         )
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: the run updated its weights on {run_device}, and CUDA is not available here")
     cfg.model = replace(
         cfg.model, name=base, dtype=source.get("dtype", "float32"), device=device,
         revision=source.get("revision") if not args.base else None, trust_remote_code=args.trust_remote_code,
