@@ -103,7 +103,7 @@ class HybridTrainer(Trainer):
         self._zo_inputs: dict[str, Any] | None = None
         self._zo_f0: torch.Tensor | None = None
         self._micro = (-1, 0)  # (ZO step, micro-batches seen in it)
-        self._logged = 0  # ledger entries already summarised in logs
+        self._logged: int | None = None  # ledger entries already summarised in logs (set at the first step)
 
     # -- optimizer ----------------------------------------------------------------------------------------------------
     @property
@@ -160,6 +160,8 @@ class HybridTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         opt = self.hybrid_optimizer
+        if self._logged is None:  # a resumed run's ledger already holds the steps before the checkpoint
+            self._logged = len(opt.ledger)
         step, seen = self._micro
         self._micro = (opt.zo_step, seen + 1 if step == opt.zo_step else 0)
         seed = mix(DATA, opt.seed, opt.zo_step, self._micro[1], 11)
@@ -202,7 +204,7 @@ class HybridTrainer(Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         opt = self.hybrid_optimizer if self.optimizer is not None else None
         if opt is not None and "loss" in logs and opt.zo_group is not None:
-            new = opt.ledger[self._logged :]
+            new = opt.ledger[self._logged or 0 :]
             if new:
                 g = torch.stack([c.float().sum() for _, _, _, c in new])  # sum_j c_j = mean_j g_j
                 logs["zo_projected_grad"] = round(g.mean().item(), 6)
