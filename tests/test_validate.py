@@ -311,3 +311,10 @@ def test_replay_and_resume_refuse_another_device_type(world, tmp_path, capsys):
     assert "replay must run on cuda" in capsys.readouterr().err
     assert main(["train", "--resume", str(run)]) == 2
     assert "resume with --model.device cuda" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(Path("examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_pass_validation(path):
+    from hyft.validate import check_config
+
+    check_config(load_config(path))

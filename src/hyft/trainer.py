@@ -219,6 +219,8 @@ class Trainer:
         if self.guard.stop:
             last = ckpt.list_checkpoints(self.out)
             kept = f"last good checkpoint kept: {last[-1]}" if last else "no checkpoint was written before"
+            if self._tb is not None:
+                self._tb.close()
             raise TrainingDiverged(f"stopped at {self.guard.stop}; nothing was updated from the bad state; {kept}")
         t = self.cfg.train
         if self._signals or (t.save_every and self.step % t.save_every == 0 and self.step < t.steps):
@@ -227,13 +229,15 @@ class Trainer:
             import signal
 
             name = signal.Signals(self._signals[0]).name
+            if self._tb is not None:
+                self._tb.close()
             last = self.last_checkpoint
-            where = f"checkpoint {last}" if last else "no checkpoint (train.keep_checkpoints 0)"
-            raise TrainingInterrupted(
-                f"interrupted by {name} after step {self.step}; wrote {where}; resume with: "
-                f"hyft train --resume {self.out}",
-                self._signals[0],
+            then = (
+                f"wrote checkpoint {last}; resume with: hyft train --resume {self.out}"
+                if last
+                else "wrote no checkpoint (train.keep_checkpoints 0), so it cannot be resumed"
             )
+            raise TrainingInterrupted(f"interrupted by {name} after step {self.step}; {then}", self._signals[0])
 
     def train_step(self) -> StepResult:
         self.set_mode()
@@ -343,6 +347,7 @@ class Trainer:
                     self._tb.add_scalar(_tb_tag(key), value, record["step"])
             if record.get("skipped"):
                 self._tb.add_scalar("guard/skipped_steps", self.guard.skipped, record["step"])
+            self._tb.flush()  # a killed run keeps what it logged (log lines are few)
 
     def run_info(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
         return {
