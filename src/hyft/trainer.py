@@ -7,6 +7,7 @@ import math
 import platform
 import resource
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -226,8 +227,6 @@ class Trainer:
         if self._signals or (t.save_every and self.step % t.save_every == 0 and self.step < t.steps):
             self.save_checkpoint()
         if self._signals:
-            import signal
-
             name = signal.Signals(self._signals[0]).name
             if self._tb is not None:
                 self._tb.close()
@@ -342,11 +341,12 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(_tb_tag(key), value, record["step"])
-            if record.get("skipped"):
+            if record.get("skipped"):  # a skipped step's loss is not a training curve point
                 self._tb.add_scalar("guard/skipped_steps", self.guard.skipped, record["step"])
+            else:
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self._tb.add_scalar(_tb_tag(key), value, record["step"])
             self._tb.flush()  # a killed run keeps what it logged (log lines are few)
 
     def run_info(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
