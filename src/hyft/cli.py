@@ -14,6 +14,8 @@ from hyft.errors import HyftError
 
 COMMANDS = {
     "train": ("hyft.commands.train", "fine-tune a model"),
+    "export": ("hyft.commands.export", "export a run as a merged HF model or as base model + peft adapter"),
+    "replay": ("hyft.commands.replay", "rebuild the ZO-updated base model from the original and the seed ledger"),
 }
 
 

@@ -97,6 +97,11 @@ class TrainConfig:
     output_dir: str = _f("runs/default", "where metrics, eval results and checkpoints go")
     overwrite: bool = _f(False, "allow writing into an output directory that holds another run")
     progress: bool = _f(True, "show a progress bar")
+    save_every: int = _f(0, "write a checkpoint every N steps (0: only the final one); see docs/checkpoints.md")
+    keep_checkpoints: int = _f(2, "keep the last K complete checkpoints (0: write none; the run cannot be resumed)")
+    report_to: list[str] = _f([], "metric sinks besides metrics.jsonl: tensorboard (writes OUTPUT_DIR/tensorboard)")
+    max_bad_steps: int = _f(3, "stop after K consecutive steps with a non-finite loss or ZO gradient (each skipped)")
+    loss_bound: float | None = _f(None, "stop the run when the training loss exceeds this (null: no bound)")
 
 
 @dataclass
@@ -195,41 +200,88 @@ def _unknown(key: str, known: list[str], where: str) -> ConfigError:
     return ConfigError(f"{where}{key}: unknown key{hint}")
 
 
-def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+def _apply(obj: Any, data: dict[str, Any], loc: Any, origin: dict[str, str], path: tuple[str, ...] = ()) -> None:
+    """Set fields from `data`; loc(path, value) is the error prefix for a key ('FILE:LINE: ' or '--')."""
     hints = _hints(type(obj))
     for key, value in data.items():
         key = str(key)
+        full = (*path, key)
         if key not in hints:
-            raise _unknown(key, list(hints), where)
+            raise _unknown(key, list(hints), loc(full, False) + "".join(f"{p}." for p in path))
         tp = hints[key]
         if _is_section(tp):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}{key}: expected a mapping, got {type(value).__name__}")
-            _apply(getattr(obj, key), value, f"{where}{key}.")
+                raise ConfigError(f"{loc(full, True)}{'.'.join(full)}: expected a mapping, got {type(value).__name__}")
+            _apply(getattr(obj, key), value, loc, origin, full)
         else:
-            setattr(obj, key, _coerce(value, tp, f"{where}{key}"))
+            setattr(obj, key, _coerce(value, tp, loc(full, True) + ".".join(full)))
+            origin[".".join(full)] = loc(full, True)
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], tuple[int, int]]:
+    """(key line, value line), 1-based, of every mapping key in a YAML document, by key path."""
+    out: dict[tuple[str, ...], tuple[int, int]] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    full = (*path, str(k.value))
+                    out[full] = (k.start_mark.line + 1, v.start_mark.line + 1)
+                    walk(v, full)
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    except (yaml.YAMLError, RecursionError):
+        pass
+    return out
+
+
+def origin_of(cfg: Config, key: str) -> str:
+    """Where a dotted key was set, as an error prefix: 'FILE:LINE: key', '--key', or just 'key' (default value)."""
+    where = getattr(cfg, "origin", {}).get(key)
+    if where is None:
+        return key
+    return f"{where}{key}" if where.endswith(": ") else f"--{key}"
+
+
+def explicitly_set(cfg: Config, key: str) -> bool:
+    """Whether a dotted key was given in the YAML file or on the command line (not left at its default)."""
+    return key in getattr(cfg, "origin", {})
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Config from an optional YAML file, then `--key value` / `--key=value` overrides (dotted for sections)."""
     cfg = Config()
+    origin: dict[str, str] = {}
+    cfg.origin = origin  # dotted key -> where it was set ('FILE:LINE: ' or '--'); read by validate.py
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = yaml.safe_load(text)
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+            raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-        _apply(cfg, data, f"{path}: ")
+        lines = _yaml_lines(text)
+
+        def file_loc(full: tuple[str, ...], value: bool) -> str:
+            at = lines.get(full)
+            return f"{path}:{at[1] if value else at[0]}: " if at else f"{path}: "
+
+        _apply(cfg, data, file_loc, origin)
     for key, value in parse_overrides(overrides or []):
         key = ALIASES.get(key, key)
         node: dict[str, Any] = {}
@@ -238,7 +290,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parts[:-1]:
             cur = cur.setdefault(part, {})
         cur[parts[-1]] = value
-        _apply(cfg, node, "--")
+        _apply(cfg, node, lambda full, value: "--", origin)
     return cfg
 
 

@@ -162,5 +162,13 @@ class HybridOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict["zo"])
         if self.fo is not None:
             self.fo.param_groups = [g for g in self.param_groups if g["kind"] == "fo"]
+        # torch casts floating state to each parameter's dtype; the ZO state (fp32 master copy, fp32 momentum
+        # buffer of a 16-bit weight) must keep its own dtype, or a resumed run would not continue bit-exactly.
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, saved in state_dict["zo"]["state"].items():
+            p = params[int(index)]
+            for key, value in saved.items():
+                if torch.is_tensor(value) and value.is_floating_point() and key != "step":
+                    self.state[p][key] = value.to(device=p.device, dtype=value.dtype, copy=True)
         self.zo_step = int(state_dict["zo_step"])
         self.ledger = [(s, lr, wd, torch.tensor(c)) for s, lr, wd, c in state_dict.get("ledger", [])]

@@ -6,6 +6,9 @@ import json
 import math
 import platform
 import resource
+import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +16,20 @@ from typing import Any
 
 import torch
 
+from hyft import checkpoint as ckpt
 from hyft import dist as hdist
 from hyft import scoring
 from hyft.config import Config, save_config
 from hyft.errors import ConfigError
 from hyft.evaluate import accuracy_report, predict
+from hyft.guard import (
+    DivergenceGuard,
+    TrainingDiverged,
+    TrainingInterrupted,
+    deferred_signals,
+    out_of_memory,
+    warn_if_perturbation_vanishes,
+)
 from hyft.methods import Method, resolve
 from hyft.models import adapter_parameters, attach_peft, load_model, output_head
 from hyft.optim import HybridOptimizer
@@ -146,6 +158,9 @@ class Trainer:
         self.tokenizer = tokenizer
         self.model = attach_peft(model, self.method.peft, cfg.peft)
         sharded = self.dist.strategy == "fsdp"
+        if sharded and cfg.train.keep_checkpoints > 0:
+            # Checkpoints store plain tensors; gathering FSDP2 shards into them is not built yet.
+            raise ConfigError("train.keep_checkpoints: checkpoints are not supported under FSDP2 yet; pass 0")
         if sharded:  # the partition sets requires_grad, which FSDP2 keeps; the optimizer needs the sharded params
             build_optimizer(cfg, self.model, self.method)
             hdist.shard(self.model, self.dist)
@@ -166,10 +181,23 @@ class Trainer:
             self.method.schedule, self.opt.fo is not None, bool(self.opt.zo_tensors), cfg.zo.queries
         )
         self.elapsed = 0.0
+        self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.train.loss_bound)
+        self.window: dict[str, list[torch.Tensor]] = {"loss": [], "zo_grad": [], "zo_grad_abs": []}  # since last log
+        self.evals: list[dict[str, Any]] = []
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self.phase = "setup"  # what runs now, for out-of-memory messages
+        self._signals: list[int] = []
+        self._tb = None
 
     # -- pieces -------------------------------------------------------------------------------------------------------
     def loss_fn(self, batch: scoring.Batch) -> torch.Tensor:
-        return scoring.loss(self.train_model, self.head, batch, self.cfg.data.loss)
+        grad = torch.is_grad_enabled()
+        self.phase = "FO forward" if grad else "ZO forward"
+        out = scoring.loss(self.train_model, self.head, batch, self.cfg.data.loss)
+        if grad:
+            self.phase = "FO backward"  # what hybrid_step does next with this loss
+        return out
 
     def next_micro_batches(self) -> list[scoring.Batch]:
         t = self.cfg.train
@@ -191,19 +219,51 @@ class Trainer:
         self.model.train(self.cfg.train.dropout == "shared")
 
     def accept(self, result: StepResult) -> bool:
-        """Hook: veto a step's update (both groups) before it is applied."""
-        return True
+        """Hook: veto a step's update (both groups) before it is applied: the divergence guard (guard.py)."""
+        reason = self.guard.check(result.loss, result.zo_grads, self.step + 1)
+        if reason is None:
+            return True
+        value = result.loss.detach().float().item()
+        self.log({"step": self.step + 1, "skipped": True, "reason": reason, "loss": value if math.isfinite(value)
+                  else repr(value)})  # fmt: skip
+        print(f"[hyft] step {self.step + 1}: skipped ({reason})", file=sys.stderr)
+        return False
 
     def after_step(self, result: StepResult) -> None:
-        """Hook: runs after every step (checkpointing, interruption checks)."""
+        """Hook: runs after every step: divergence stop, periodic checkpoint, deferred SIGINT/SIGTERM."""
+        if result.applied:
+            self.guard.good()
+        if self.guard.stop:
+            last = ckpt.list_checkpoints(self.out)
+            kept = f"last good checkpoint kept: {last[-1]}" if last else "no checkpoint was written before"
+            if self._tb is not None:
+                self._tb.close()
+            raise TrainingDiverged(f"stopped at {self.guard.stop}; nothing was updated from the bad state; {kept}")
+        t = self.cfg.train
+        if self._signals or (t.save_every and self.step % t.save_every == 0 and self.step < t.steps):
+            self.save_checkpoint()
+        if self._signals:
+            name = signal.Signals(self._signals[0]).name
+            if self._tb is not None:
+                self._tb.close()
+            last = self.last_checkpoint
+            then = (
+                f"wrote checkpoint {last}; resume with: hyft train --resume {self.out}"
+                if last
+                else "wrote no checkpoint (train.keep_checkpoints 0), so it cannot be resumed"
+            )
+            raise TrainingInterrupted(f"interrupted by {name} after step {self.step}; {then}", self._signals[0])
 
     def train_step(self) -> StepResult:
         self.set_mode()
-        result = hybrid_step(
-            self.opt, self.loss_fn, self.next_micro_batches(),
-            schedule=self.method.schedule, dropout=self.cfg.train.dropout,
-            accept=self.loss_sync.wrap(self.accept), no_sync=hdist.no_sync(self.train_model),
-        )  # fmt: skip
+        try:
+            result = hybrid_step(
+                self.opt, self.loss_fn, self.next_micro_batches(),
+                schedule=self.method.schedule, dropout=self.cfg.train.dropout,
+                accept=self.loss_sync.wrap(self.accept), no_sync=hdist.no_sync(self.train_model),
+            )  # fmt: skip
+        except torch.OutOfMemoryError as e:
+            raise out_of_memory(self.phase, self.step + 1, self.device, e) from None
         if result.applied:
             self.scheduler.step()
         self.step += 1
@@ -211,29 +271,105 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict[str, Any]:
         enc = self.encoded[split]
-        preds = predict(
-            self.model, self.head, enc, self.tokenizer.pad_token_id, max_sequences=self.cfg.train.eval_batch_size
-        )
+        try:
+            preds = predict(
+                self.model, self.head, enc, self.tokenizer.pad_token_id, max_sequences=self.cfg.train.eval_batch_size
+            )
+        except torch.OutOfMemoryError as e:
+            raise out_of_memory("eval", self.step, self.device, e) from None
         return {"task": self.data.name, "split": split, "step": self.step, **accuracy_report(preds, enc)}
+
+    # -- checkpoints (format: checkpoint.py, docs/checkpoints.md) -----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the model tensors that a bit-exact resume needs."""
+        opt = self.opt.state_dict()
+        opt.pop("ledger")  # stored as ledger.json
+        return {
+            "trainer": {
+                "step": self.step,
+                "data_order": self.order.state_dict(),
+                "elapsed_s": self.elapsed,
+                "guard": self.guard.state_dict(),
+                "window": {k: [t.detach().float().cpu().reshape(()) for t in v] for k, v in self.window.items()},
+                "evals": self.evals,
+                "rng": ckpt.rng_state(),
+            },
+            "optimizer": opt,
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], ledger: list | None = None) -> None:
+        tr = state["trainer"]
+        self.step = int(tr["step"])
+        self.order.load_state_dict(tr["data_order"])
+        self.elapsed = float(tr["elapsed_s"])
+        self.guard.load_state_dict(tr["guard"])
+        self.window = {k: [t.to(self.device) for t in v] for k, v in tr["window"].items()}
+        self.evals = list(tr["evals"])
+        ckpt.set_rng_state(tr["rng"])
+        self.opt.load_state_dict({**state["optimizer"], "ledger": ledger or []})
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def changeable_tensors(self) -> dict[str, tuple[torch.nn.Parameter, str]]:
+        """HF name -> (tensor, "zo" | "fo") for every base tensor this run can change (what a checkpoint stores)."""
+        names = ckpt.base_names(self.model, adapter_parameters(self.model))
+        return {names[id(p)]: (p, kind) for kind in ("zo", "fo") for p in getattr(self.partition, kind)
+                if id(p) in names}  # fmt: skip
+
+    def save_checkpoint(self) -> Path | None:
+        """Write checkpoint `step` atomically (train.keep_checkpoints 0: none)."""
+        if self.cfg.train.keep_checkpoints <= 0 or not self.is_main:  # DDP ranks hold identical weights
+            return None
+        self.last_checkpoint = ckpt.save_run(self)
+        return self.last_checkpoint
+
+    def resume(self, path: str | Path) -> Path:
+        """Continue from the latest complete checkpoint of a run directory (or from one checkpoint directory)."""
+        found = ckpt.load_run(self, ckpt.find_checkpoint(path))
+        self.resumed_from = self.last_checkpoint = found
+        return found
 
     # -- outputs ------------------------------------------------------------------------------------------------------
     def prepare_output(self) -> None:
         self.dist.on_main(self._prepare_output)  # an error on rank 0 is raised on every rank
 
     def _prepare_output(self) -> None:
-        if (self.out / "run.json").exists() and not self.cfg.train.overwrite:
-            raise ConfigError(
-                f"train.output_dir: {self.out} already holds a run; pass --train.overwrite true or another directory"
-            )
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.jsonl").write_text("")
+        if self.resumed_from is not None:  # continue the run's files: drop what was logged after the checkpoint
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale(self.out)
+            metrics = self.out / "metrics.jsonl"
+            rows = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
+            keep = [r for r in rows if _row_step(r) <= self.step]
+            metrics.write_text("".join(r + "\n" for r in keep), encoding="utf-8")
+        else:
+            if holds_run(self.out) and not self.cfg.train.overwrite:
+                raise ConfigError(
+                    f"train.output_dir: {self.out} already holds a run; pass --train.overwrite true, "
+                    f"resume it with hyft train --resume {self.out}, or choose another directory"
+                )
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in (ckpt.SUBDIR, "tensorboard"):  # another run's checkpoints must never be resumed from
+                shutil.rmtree(self.out / stale, ignore_errors=True)
+            (self.out / "metrics.jsonl").write_text("")
         save_config(self.cfg, self.out / "config.yaml")
+        if "tensorboard" in self.cfg.train.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            if record.get("skipped"):  # a skipped step's loss is not a training curve point
+                self._tb.add_scalar("guard/skipped_steps", self.guard.skipped, record["step"])
+            else:
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self._tb.add_scalar(_tb_tag(key), value, record["step"])
+            self._tb.flush()  # a killed run keeps what it logged (log lines are few)
 
     def run_info(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -251,38 +387,64 @@ class Trainer:
             "params": self.partition.summary(),
             "data": [r.as_dict() for r in self.data.reports],
             "final": {e["split"]: e["accuracy"] for e in evals if e["step"] == self.step},
+            "skipped_steps": self.guard.skipped,
+            "checkpoint": self.checkpoint_report(),
+        }
+
+    def checkpoint_report(self) -> dict[str, Any] | None:
+        """Sizes of the last checkpoint: base tensors in safetensors vs the seed ledger that rebuilds the ZO ones."""
+        c = self.last_checkpoint
+        if c is None or not c.is_dir():
+            return None
+        ledger = c / "ledger.json"
+        return {
+            "path": str(c),
+            "base_safetensors_bytes": ckpt.dir_bytes(c / "base", "*.safetensors"),
+            "adapter_bytes": ckpt.dir_bytes(c / "adapter", "*.safetensors") if (c / "adapter").is_dir() else 0,
+            "ledger_bytes": ledger.stat().st_size if ledger.exists() else 0,
+            "ledger_updates": len(self.opt.ledger),
+            "total_bytes": ckpt.dir_bytes(c),
         }
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.prepare_output()
-        evals: list[dict[str, Any]] = []
-        if cfg.train.eval_before:
+        evals = self.evals
+        if cfg.train.eval_before and self.step == 0:
             for split in ("dev", "test"):
                 if self.encoded[split]:
                     evals.append(self.evaluate(split))
                     if self.is_main:
                         print(f"[hyft] step 0 {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+        if self.opt.zo_tensors and self.step == 0:
+            warn_if_perturbation_vanishes([t.param for t in self.opt.zo_tensors], cfg.zo.mu, cfg.zo.distribution)
         bar = _progress(cfg.train.steps, cfg.train.progress and self.is_main)
-        window: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
-        t0 = time.perf_counter()
-        while self.step < cfg.train.steps:
-            result = self.train_step()
-            window.append(result.loss)
-            if result.zo_grads is not None:
-                grads.append(result.zo_grads.mean())
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                record = self.metrics_record(window, grads, time.perf_counter() - t0)
-                self.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                window, grads = [], []
-            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-                evals.append(self.evaluate("dev"))
-                self.log({"step": self.step, "eval_dev_accuracy": evals[-1]["accuracy"]})
-            bar.update(1)
-            self.after_step(result)
+        bar.update(self.step)
+        window = self.window  # lists kept on self: a checkpoint between two log lines carries them
+        t0 = time.perf_counter() - self.elapsed
+        with deferred_signals(lambda: f"step {self.step + 1}") as self._signals:
+            while self.step < cfg.train.steps:
+                result = self.train_step()
+                if result.applied:
+                    window["loss"].append(result.loss)
+                    if result.zo_grads is not None:
+                        window["zo_grad"].append(result.zo_grads.mean())
+                        window["zo_grad_abs"].append(result.zo_grads.abs().mean())
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    record = self.metrics_record(window["loss"], window["zo_grad"], time.perf_counter() - t0)
+                    self.log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    for v in window.values():
+                        v.clear()
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
+                    evals.append(self.evaluate("dev"))
+                    self.log({"step": self.step, "eval_dev_accuracy": evals[-1]["accuracy"]})
+                bar.update(1)
+                self.elapsed = time.perf_counter() - t0
+                self.after_step(result)
+            if self.last_checkpoint is None or ckpt.checkpoint_dir(self.out, self.step) != self.last_checkpoint:
+                self.save_checkpoint()
         bar.close()
         self.elapsed = time.perf_counter() - t0
         for split in ("dev", "test"):
@@ -294,6 +456,15 @@ class Trainer:
         if self.is_main:
             (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
             (self.out / "run.json").write_text(json.dumps(info, indent=1))
+            if info["checkpoint"]:
+                c = info["checkpoint"]
+                print(
+                    f"[hyft] checkpoint {c['path']}: base {_size(c['base_safetensors_bytes'])} safetensors; seed "
+                    f"ledger {_size(c['ledger_bytes'])} ({c['ledger_updates']} ZO updates, replays the ZO tensors "
+                    "from the original: hyft replay)"
+                )
+        if self._tb is not None:
+            self._tb.close()
         return info
 
     def metrics_record(self, losses: list[torch.Tensor], grads: list[torch.Tensor], elapsed: float) -> dict[str, Any]:
@@ -301,11 +472,47 @@ class Trainer:
         rec: dict[str, Any] = {"step": self.step, "epoch": self.order.epoch, "loss": loss}
         if grads:
             rec["zo_projected_grad"] = torch.stack(grads).float().mean().item()
+            if len(self.window["zo_grad_abs"]) == len(grads):
+                rec["zo_projected_grad_abs"] = torch.stack(self.window["zo_grad_abs"]).float().mean().item()
+            # f(x + mu z) - f(x) (onesided) / (f(x + mu z) - f(x - mu z)) / 2 (central), averaged over queries
+            rec["zo_loss_delta"] = rec["zo_projected_grad"] * self.cfg.zo.mu
         for g in self.opt.param_groups:
             rec[f"lr_{g['kind']}"] = g["lr"]
         rec["forwards"], rec["backwards"] = self.counts[0], self.counts[1]
         rec["elapsed_s"] = round(elapsed, 3)  # the only field that differs between identical runs
         return rec
+
+
+def holds_run(out: Path) -> bool:
+    """Whether a directory holds (part of) a hyft run: its config, metrics, results or checkpoints."""
+    return any((out / f).exists() for f in ("run.json", "config.yaml", "metrics.jsonl", ckpt.SUBDIR))
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # unreadable (e.g. cut by a kill mid-write): dropped
+
+
+_TB = {"loss": "train/loss", "epoch": "train/epoch", "forwards": "train/forwards", "backwards": "train/backwards"}
+
+
+def _tb_tag(key: str) -> str:
+    if key in _TB:
+        return _TB[key]
+    for prefix, section in (("zo_", "zo/"), ("lr_", "lr/"), ("eval_", "eval/")):
+        if key.startswith(prefix):
+            return section + key[len(prefix) :]
+    return f"train/{key}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def _progress(total: int, enabled: bool):

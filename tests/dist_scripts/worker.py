@@ -20,7 +20,8 @@ SCENARIOS = {
     "ddp_hybrid": ["--method", "hybrid", "--dist.strategy", "ddp", "--train.grad_accum", "2", "--zo.queries", "2",
                    "--train.steps", "4", "--fo.optimizer", "adamw"],
     "ddp_mezo": ["--method", "mezo", "--dist.strategy", "ddp", "--train.steps", "3", "--zo.schedule", "onesided"],
-    "fsdp_hybrid": ["--method", "hybrid", "--dist.strategy", "fsdp", "--train.grad_accum", "2", "--zo.queries", "2",
+    "fsdp_hybrid": ["--method", "hybrid", "--dist.strategy", "fsdp",
+                    "--train.keep_checkpoints", "0", "--train.grad_accum", "2", "--zo.queries", "2",
                     "--train.steps", "4", "--zo.momentum", "0.5"],
 }  # fmt: skip
 

@@ -1,27 +1,103 @@
-"""hyft train --config FILE.yaml [--section.key VALUE ...]"""
+"""hyft train --config FILE.yaml [--section.key VALUE ...]
+hyft train --resume OUTPUT_DIR [--train.steps N ...]"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 ADD_HELP = False  # -h lists every config key instead
+
+# Keys a resumed run may change: they do not alter the trajectory (train.steps does when an lr schedule decays).
+RESUMABLE = {
+    "train.steps", "train.eval_every", "train.eval_batch_size", "train.eval_before", "train.log_every",
+    "train.progress", "train.save_every", "train.keep_checkpoints", "train.report_to", "train.max_bad_steps",
+    "train.loss_bound", "train.output_dir", "train.overwrite", "model.device", "data.data_dir",
+}  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file")
+    p.add_argument("--resume", metavar="OUTPUT_DIR", help="continue a run from its last complete checkpoint")
     p.add_argument("-h", "--help", action="store_true", help="list every config key")
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "dataset":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_config(run_dir: str, overrides: list[str]):
+    """The run's own config (from its latest complete checkpoint) with the overrides a resume allows."""
+    from hyft.checkpoint import find_checkpoint, verify
+    from hyft.config import load_config, origin_of
+    from hyft.errors import ConfigError
+
+    ckpt = find_checkpoint(run_dir)
+    verify(ckpt)
+    saved = load_config(ckpt / "config.yaml")
+    cfg = load_config(ckpt / "config.yaml", overrides)
+    before, after = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    for key in sorted(k for k in after if after[k] != before.get(k) and k not in RESUMABLE):
+        raise ConfigError(
+            f"{origin_of(cfg, key)}: cannot change on --resume (the checkpoint was trained with {before.get(key)!r}); "
+            f"a resume may change only {', '.join(sorted(RESUMABLE))}"
+        )
+    cfg.train.output_dir = str(Path(run_dir))
+    return cfg, ckpt
+
+
+def load_model_for(cfg, ckpt: Path | None, model_cfg=None):
+    """(model, tokenizer): from a complete checkpoint's base/ when resuming, else from model.name. Loading errors
+    become one-line ConfigErrors naming the source."""
+    from hyft.checkpoint import load_base_model
+    from hyft.errors import ConfigError, HyftError
+    from hyft.models import load_model
+
+    model_cfg = model_cfg or cfg.model
+    try:
+        if ckpt is not None:
+            return load_base_model(ckpt, model_cfg)
+        return load_model(model_cfg)
+    except HyftError:
+        raise
+    except Exception as e:  # transformers / safetensors errors on a bad model source: one line, exit 2
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"model.name: cannot load {cfg.model.name!r}: {type(e).__name__}: {first}") from None
+
+
 def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from hyft import dist as hdist
     from hyft.config import describe, load_config
+    from hyft.errors import ConfigError
     from hyft.trainer import Trainer
+    from hyft.validate import validate
 
     if args.help:
-        print("usage: hyft train [--config FILE.yaml] [--section.key VALUE ...]\n")
+        print("usage: hyft train [--config FILE.yaml] [--section.key VALUE ...]")
+        print("       hyft train --resume OUTPUT_DIR [--train.steps N ...]\n")
         print("\n".join(describe()))
         return 0
-    cfg = load_config(args.config, rest)
-    trainer = Trainer(cfg)
+    ckpt = None
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume uses the run's own config (from its checkpoint); drop --config")
+        cfg, ckpt = resume_config(args.resume, rest)
+    else:
+        cfg = load_config(args.config, rest)
+    data = validate(cfg, resume=ckpt is not None)
+    dctx = hdist.setup(cfg)  # before loading: under DDP each rank loads onto its own device, under FSDP2 the host
+    model, tokenizer = load_model_for(cfg, ckpt, dctx.model_config(cfg.model))
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, data=data)
+    if ckpt is not None:
+        trainer.resume(ckpt)
+        if trainer.is_main:
+            print(f"[hyft] resumed from {ckpt} (step {trainer.step})")
     info = trainer.fit()
     if trainer.is_main:
         print(f"[hyft] wrote {cfg.train.output_dir} (wall {info['wall_time_s']:.1f} s)")

@@ -1,0 +1,202 @@
+"""Checks of a whole run config before any model is loaded (hyft train calls `validate` first).
+
+Each problem is one ConfigError line naming the key and where it was set (FILE:LINE for YAML, --key for overrides).
+Types and unknown keys are checked while loading (config.py); here: names, ranges, combinations, the model source,
+the data files (the data are loaded, which is cheap next to a model, and returned for the Trainer) and the output
+directory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from hyft.config import Config, explicitly_set, origin_of
+from hyft.errors import ConfigError
+from hyft.methods import Method, resolve
+
+ENUMS = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "zo.schedule": ("onesided", "central", "alternating", None),
+    "zo.distribution": ("gaussian", "rademacher"),
+    "zo.rounding": ("stochastic", "nearest"),
+    "zo.lr_schedule": ("constant", "linear", "cosine"),
+    "fo.lr_schedule": ("constant", "linear", "cosine"),
+    "fo.optimizer": ("sgd", "adamw"),
+    "train.dropout": ("off", "shared"),
+    "data.loss": ("classification", "lm"),
+}
+REPORTERS = ("tensorboard",)
+_DEFAULT = Config()
+
+# (key, test, requirement) for numeric ranges
+_RANGES = [
+    ("zo.lr", lambda v: v >= 0, "must be >= 0"),
+    ("zo.mu", lambda v: v > 0, "must be > 0 (the perturbation radius)"),
+    ("zo.queries", lambda v: v >= 1, "must be >= 1"),
+    ("zo.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("zo.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("zo.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("fo.lr", lambda v: v >= 0, "must be >= 0"),
+    ("fo.momentum", lambda v: v >= 0, "must be >= 0"),
+    ("fo.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("fo.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("peft.r", lambda v: v >= 1, "must be >= 1"),
+    ("peft.alpha", lambda v: v > 0, "must be > 0"),
+    ("peft.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("peft.virtual_tokens", lambda v: v >= 1, "must be >= 1"),
+    ("data.max_length", lambda v: v >= 2, "must be >= 2 (a context token and an answer token)"),
+    ("train.steps", lambda v: v >= 0, "must be >= 0"),
+    ("train.batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("train.grad_accum", lambda v: v >= 1, "must be >= 1"),
+    ("train.eval_every", lambda v: v >= 0, "must be >= 0"),
+    ("train.eval_batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("train.log_every", lambda v: v >= 1, "must be >= 1"),
+    ("train.save_every", lambda v: v >= 0, "must be >= 0"),
+    ("train.keep_checkpoints", lambda v: v >= 0, "must be >= 0"),
+    ("train.max_bad_steps", lambda v: v >= 1, "must be >= 1"),
+    ("train.loss_bound", lambda v: v is None or v > 0, "must be > 0 or null"),
+]
+
+
+def _get(cfg: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _err(cfg: Config, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{origin_of(cfg, key)}: {message}")
+
+
+def check_config(cfg: Config) -> Method:
+    """Names, ranges and combinations; returns the resolved method."""
+    for key, allowed in ENUMS.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            names = ", ".join(a for a in allowed if a is not None)
+            raise _err(cfg, key, f"unknown value {value!r}; choose from {names}")
+    for r in cfg.train.report_to:
+        if r not in REPORTERS:
+            raise _err(cfg, "train.report_to", f"unknown sink {r!r}; choose from {', '.join(REPORTERS)}")
+    if "tensorboard" in cfg.train.report_to:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise _err(cfg, "train.report_to", "needs the tensorboard package (pip install tensorboard)") from None
+    for key, ok, need in _RANGES:
+        value = _get(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _err(cfg, key, f"{value} is not a finite number")
+        if not ok(value):
+            raise _err(cfg, key, f"{need}, got {value!r}")
+    method = resolve(cfg)
+    check_device(cfg)
+    t = cfg.train
+    if t.batch_size % t.grad_accum:
+        raise _err(cfg, "train.batch_size", f"{t.batch_size} is not divisible by train.grad_accum {t.grad_accum}")
+    if method.schedule == "alternating" and not (method.has_zo and method.has_fo):
+        raise _err(cfg, "zo.schedule", f"'alternating' needs a first-order and a ZO group; {cfg.method!r} has one")
+    # A setting for a group the method does not have is a mistake (unless it only restates the default, as a
+    # saved config.yaml does for every key).
+    groups = {"zo": (method.has_zo, "zeroth-order"), "fo": (method.has_fo, "first-order")}
+    for key in ("zo.lr", "zo.mu", "zo.queries", "zo.schedule", "zo.momentum", "fo.lr", "fo.momentum"):
+        has, group = groups[key[:2]]
+        if not has and explicitly_set(cfg, key) and _get(cfg, key) != _get(_DEFAULT, key):
+            raise _err(cfg, key, f"method {cfg.method!r} has no {group} group to apply it to")
+    if cfg.model.gradient_checkpointing and t.dropout == "off":
+        raise _err(
+            cfg,
+            "model.gradient_checkpointing",
+            "has no effect with train.dropout off (HF models checkpoint only in train mode, and dropout off runs "
+            "eval mode); set --train.dropout shared",
+        )
+    if t.save_every and not t.keep_checkpoints:
+        raise _err(cfg, "train.save_every", f"{t.save_every} with train.keep_checkpoints 0 would write nothing")
+    return method
+
+
+def check_device(cfg: Config) -> None:
+    name = cfg.model.device
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise _err(cfg, "model.device", f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _err(cfg, "model.device", f"{name!r} requested but CUDA is not available (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise _err(cfg, "model.device", f"{name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ('org/name'): absolute, relative with ./ ../ ~, more than one '/', or .gguf."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith(".gguf")
+
+
+def check_model_source(cfg: Config) -> None:
+    """The model source exists and its weight files are sound, without loading it."""
+    from hyft.checkpoint import CheckpointError, check_safetensors
+    from hyft.models import SMOLLM2, smollm2_gguf
+
+    name = cfg.model.name
+    key = "model.name"
+    if name == SMOLLM2:
+        smollm2_gguf()
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _looks_local(name):
+            raise _err(cfg, key, f"{name}: no such file or directory")
+        return  # a hub id: checked when loaded
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise _err(cfg, key, f"{name}: a file; expected a model directory or a .gguf file")
+        return
+    if not (path / "config.json").is_file() and not cfg.model.gguf_file:
+        raise _err(cfg, key, f"{name}: no config.json (not a Hugging Face model directory)")
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            check_safetensors(f)
+        except CheckpointError as e:
+            raise _err(cfg, key, str(e)) from None
+    for f in sorted(path.glob("*.safetensors.index.json")):
+        try:
+            import json
+
+            files = set(json.loads(f.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise _err(cfg, key, f"{f}: unreadable weights index") from None
+        missing = sorted(x for x in files if not (path / x).is_file())
+        if missing:
+            raise _err(cfg, key, f"{f}: lists {missing[0]} which is missing")
+
+
+def check_output_dir(cfg: Config, *, resume: bool) -> None:
+    from hyft.trainer import holds_run
+
+    out = Path(cfg.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise _err(cfg, "train.output_dir", f"{out} is a file")
+    if not resume and holds_run(out) and not cfg.train.overwrite:
+        raise _err(
+            cfg,
+            "train.output_dir",
+            f"{out} already holds a run; pass --train.overwrite true (deletes its checkpoints), "
+            f"hyft train --resume {out}, or choose another directory",
+        )
+
+
+def validate(cfg: Config, *, resume: bool = False):
+    """Everything that can be checked before loading the model; returns the task data (loaded once, here)."""
+    from hyft.trainer import load_data
+
+    check_config(cfg)
+    check_model_source(cfg)
+    check_output_dir(cfg, resume=resume)
+    data = load_data(cfg)
+    if not data.train:
+        raise ConfigError(f"data: task {data.name!r} has no training examples (data.n_train {cfg.data.n_train})")
+    return data
