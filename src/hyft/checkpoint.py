@@ -538,7 +538,7 @@ def load_base_model(c: Path, model_cfg, *, original: str | None = None):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hyft.models import DTYPES, load_model, prepare_tokenizer, resolve_device
+    from hyft.models import DTYPES, finish_loading, load_model
 
     verify(c)
     base = c / "base"
@@ -559,12 +559,7 @@ def load_base_model(c: Path, model_cfg, *, original: str | None = None):
         params = {name: by_id[i] for i, name in base_names(model).items()}
         load_hf_weights(base, params, exact_set=False)
     tok = AutoTokenizer.from_pretrained(str(c / "tokenizer"), trust_remote_code=model_cfg.trust_remote_code)
-    prepare_tokenizer(tok)
-    model.to(resolve_device(model_cfg.device))
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    return model, tok
+    return finish_loading(model, tok, model_cfg)
 
 
 def check_base_shapes(base: Path, index: dict[str, Any], trust_remote_code: bool) -> None:

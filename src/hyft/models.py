@@ -88,6 +88,11 @@ def load_model(cfg) -> tuple[nn.Module, object]:
         model, tok = _from_gguf(Path(name), dtype)
     else:
         model, tok = _from_pretrained(name, cfg.gguf_file, dtype, cfg.revision, cfg.trust_remote_code)
+    return finish_loading(model, tok, cfg)
+
+
+def finish_loading(model: nn.Module, tok, cfg) -> tuple[nn.Module, object]:
+    """What every loading path ends with: pad token, device, gradient checkpointing."""
     prepare_tokenizer(tok)
     model.to(resolve_device(cfg.device))
     if cfg.gradient_checkpointing:
