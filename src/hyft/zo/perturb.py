@@ -80,7 +80,8 @@ class Direction:
 def perturbed_value(t: ZOTensor, direction: Direction, scale: float) -> torch.Tensor:
     """w + scale * z, computed in fp32 and rounded once to w's dtype (a new tensor; w is untouched)."""
     w = t.param.detach()
-    return (w.float() + scale * direction.z(t)).to(w.dtype)
+    # z's own buffer holds the sum: one fresh allocation per tensor, not three (large ones dominate CPU step time).
+    return direction.z(t).mul_(scale).add_(w).to(w.dtype)
 
 
 @contextlib.contextmanager
@@ -151,18 +152,23 @@ def apply_update(
     stochastic rounding (unbiased), or into an fp32 master copy (`master`) that the weight then mirrors.
     """
     w = t.param.data
-    x = master if master is not None else w.float()
-    d = torch.zeros_like(x)
+    d = None  # sum_j c_j z_j, accumulated in the first z's buffer
     for direction, c in zip(directions, coeffs):
-        d.add_(direction.z(t) * c.to(torch.float32))
+        z = direction.z(t).mul_(c.to(torch.float32))
+        d = z if d is None else d.add_(z)
     if momentum_buffer is not None:
         momentum_buffer.mul_(momentum).add_(d)
         d = momentum_buffer
-    new = x - lr * (d + weight_decay * x) if weight_decay else x - lr * d
+    x = master if master is not None else w
+    if weight_decay:
+        d = d + weight_decay * x.float()  # a new tensor: d may be the momentum buffer
     if master is not None:
-        master.copy_(new)
-        w.copy_(new.to(w.dtype))
-    elif rounding == "stochastic":
-        w.copy_(stochastic_round(new, w.dtype, generator(mix(ROUNDING, rounding_seed, t.index), w.device)))
+        master.add_(d, alpha=-lr)
+        w.copy_(master)  # round-to-nearest copy; the progress lives in the master
+    elif w.dtype == torch.float32:
+        w.add_(d, alpha=-lr)
     else:
-        w.copy_(new.to(w.dtype))
+        new = w.float().add_(d, alpha=-lr)
+        if rounding == "stochastic":
+            new = stochastic_round(new, w.dtype, generator(mix(ROUNDING, rounding_seed, t.index), w.device))
+        w.copy_(new)
