@@ -39,6 +39,10 @@ needs_cuda = pytest.mark.skipif(
 )
 
 SEED = mix(DIRECTION, 5, 7)
+# |z_kernel - z_emulated| for Gaussian z. Compiled: the fast-math lg2.approx has ~2^-22 absolute error, so near u = 1
+# (r = sqrt(-2 ln u) ~ 0) r can be off by up to sqrt(2 ln 2 * 2^-22) ~ 6e-4 (seen on the H200: 2.1e-4); elsewhere the
+# error is ~1e-6 relative. Interpreter: numpy's accurate functions against torch's, ~2e-7.
+ZERR = {"cuda": 6e-4, "cpu": 1e-6}
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -330,7 +334,7 @@ def test_optimizer_kernel_choice():
 SHAPES = [(3, 1000), (2048,), (7, 13), (4104,), (1,)]  # tails, a non-multiple of 8 (unaligned launch), one element
 
 
-def _check_kernel_directions(device, shapes, gauss_tol):
+def _check_kernel_directions(device, shapes):
     for dtype in (torch.bfloat16, torch.float32):
         m, tensors = _module(shapes, dtype=dtype, device=device)
         eng = K.FusedZO(m, tensors, scope="all", backend="triton")
@@ -342,7 +346,9 @@ def _check_kernel_directions(device, shapes, gauss_tol):
                 if distribution == "rademacher":
                     assert torch.equal(z, ze)
                 else:
-                    assert (z - ze).abs().max().item() < gauss_tol
+                    err = (z - ze).abs()
+                    assert err.max().item() < ZERR[device]
+                    assert (err > 1e-5).float().mean() < 1e-3  # large only where r ~ 0
             # the perturbation pass: one launch per group (16-byte-vector sizes, the others), into one scratch each
             assert [g.aligned for g in eng.all.groups] == [True, False]
             for g in eng.all.groups:
@@ -384,25 +390,28 @@ def _check_kernel_update(device, shapes):
                 for o in (of, oe):
                     o.accumulate_zo(c)
                     o.step()
+            # what the z difference can add up to: lr * sum over steps of |c| (x2 for momentum) * ZERR
+            slack = 1e-3 * 0.9 * 6 * 2 * ZERR[device]
             for a, b, w0 in zip(
                 mf.parameters(), me.parameters(), _module(shapes, dtype=dtype, device=device, seed=1)[0].parameters()
             ):
                 a, b = a.detach().float(), b.detach().float()
                 assert (a != w0.float()).float().mean() > 0.5, (dtype, opts)  # the update did move the weights
                 if dtype == torch.bfloat16:  # at most a rare rounding flip (fma vs two roundings, fast-math z)
-                    assert ((a - b).abs() <= b.abs() * 2**-6).all(), (dtype, opts)
+                    assert ((a - b).abs() <= b.abs() * 2**-6 + slack).all(), (dtype, opts)
                     assert (a != b).float().mean() < 1e-3, (dtype, opts)
                 else:
-                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)  # lr * c * (last bits of z)
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=slack)
+                    assert ((a - b).abs() > 1e-7).float().mean() < 1e-3, (dtype, opts)
             if opts.get("fp32_master"):
                 for t in tf:
                     ma, mb = of.state[t.param]["master"], oe.state[te[t.index].param]["master"]
-                    torch.testing.assert_close(ma, mb, rtol=1e-6, atol=1e-9)
+                    torch.testing.assert_close(ma, mb, rtol=1e-6, atol=slack)
 
 
 @needs_triton
 def test_interpreted_kernels_match_the_emulation():
-    _check_kernel_directions("cpu", SHAPES, gauss_tol=1e-5)
+    _check_kernel_directions("cpu", SHAPES)
 
 
 @needs_triton
@@ -417,7 +426,7 @@ def test_interpreted_engine_restores_exactly_and_perturbs_functionally():
 
 @needs_cuda
 def test_cuda_kernel_directions_match_the_emulation():
-    _check_kernel_directions("cuda", SHAPES + [(1 << 22,), (4097, 513)], gauss_tol=2e-5)
+    _check_kernel_directions("cuda", SHAPES + [(1 << 22,), (4097, 513)])
 
 
 @needs_cuda
@@ -452,7 +461,9 @@ def test_cuda_fused_update_equals_torch_reference_on_the_same_z():
     for opts in (dict(), dict(momentum=0.9), dict(fp32_master=True), dict(weight_decay=0.1, queries=3)):
         fused, ref = _update_pair_cuda(**opts)
         for a, b in zip(fused, ref):
-            torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-6)
+            # lr 1e-2 * sum of |c| over the steps * the fast-math z error (see ZERR); rare
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-2 * 1.3 * 6 * 2 * ZERR["cuda"])
+            assert ((a - b).abs() > 1e-6).float().mean() < 1e-3
 
 
 def _update_pair_cuda(**opts):

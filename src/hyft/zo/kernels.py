@@ -62,7 +62,10 @@ def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = ROUNDS):
     Same round function and key schedule as Random123 and `triton.language.philox`. Products of two 32-bit values
     wrap in int64, which keeps their low 64 bits exact: the high word is (p >> 32) & 0xFFFFFFFF.
     """
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) for c in (c0, c1, c2, c3)))
+    device = next((c.device for c in (c0, c1, c2, c3) if isinstance(c, torch.Tensor)), None)
+    c0, c1, c2, c3 = torch.broadcast_tensors(
+        *(torch.as_tensor(c, dtype=torch.int64, device=device) for c in (c0, c1, c2, c3))
+    )
     k0, k1 = seed & _M32, (seed >> 32) & _M32
     for _ in range(rounds):
         p0 = c0 * PHILOX_M0
