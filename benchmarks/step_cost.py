@@ -73,9 +73,9 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(model_config(name))
-    return model.to(dtype).eval()
+    with torch.device(device):  # initialise on the device, in the target dtype
+        model = AutoModelForCausalLM.from_config(model_config(name), dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def random_batch(vocab: int, batch: int, seq: int, device) -> scoring.Batch:
@@ -156,11 +156,18 @@ def run_config(name: str, batch: int, seq: int, args, bench: Bench) -> Result:
     data = random_batch(model.config.vocab_size, batch, seq, device)
     state = {"model": model}
     loss_fn = lambda b: scoring.loss(state["model"], head, b, "lm")
-    fused_ok = bench.cuda and zk.triton_available()
+    # fused rows: on CUDA, or on CPU under Triton's interpreter (TRITON_INTERPRET=1: slow, to check the code paths)
+    fused_ok = (bench.cuda or zk._interpreting()) and zk.triton_available()
     kernel_variants = ["triton", "torch"] if fused_ok else ["torch"]
 
     def row(key, fn, note=""):
-        ms, peak = bench.measure(fn)
+        try:
+            ms, peak = bench.measure(fn)
+        except Exception as e:  # one failing method (e.g. out of memory) must not lose the others
+            res.rows[key] = Row(key, None, None, f"FAILED: {type(e).__name__}: {str(e)[:160]}")
+            print(f"  {key:<34} FAILED {type(e).__name__}: {e}", flush=True)
+            bench.clean()
+            return
         res.rows[key] = Row(key, ms, peak, note)
         print(f"  {key:<34} {ms:9.2f} ms  peak {_gb(peak)}  {note}", flush=True)
 
@@ -192,7 +199,8 @@ def run_config(name: str, batch: int, seq: int, args, bench: Bench) -> Result:
             del opt
 
     # -- perturbation and update passes over all ZO weights vs a copy of the same bytes --
-    passes(model, zo_params, res, row, fused_ok, device)
+    passes(model, zo_params, res, row, fused_ok, device, sweep=args.sweep and not args.swept)
+    args.swept = args.swept or args.sweep
 
     # -- LoRA, and hybrid = ZO base + FO LoRA --
     model = attach_peft(model, "lora", PeftConfig())
@@ -232,7 +240,33 @@ def run_config(name: str, batch: int, seq: int, args, bench: Bench) -> Result:
     return res
 
 
-def passes(model, zo_params, res: Result, row, fused_ok: bool, device) -> None:
+def sweep_launch_shapes(model, tensors, row, device) -> None:
+    """The fused passes at other (BLOCK, num_warps); the direction map does not depend on them."""
+    default = zk.BLOCK, zk.NUM_WARPS
+    coeffs = torch.ones(1, device=device)
+    try:
+        for block, warps in ((1024, 4), (4096, 4), (2048, 8), (4096, 8)):
+            zk.BLOCK, zk.NUM_WARPS = block, warps
+            eng = zk.FusedZO(model, tensors, scope="all", backend="triton")
+            eng.refresh()
+            scratch = [torch.empty(g.scratch_numel, dtype=g.dtype, device=device) for g in eng.all.groups]
+            for dist in ("rademacher", "gaussian"):
+                seed = mix(DIRECTION, 0, 2)
+
+                def fused_pass(dist=dist, seed=seed, eng=eng, scratch=scratch):
+                    for g, s in zip(eng.all.groups, scratch):
+                        eng.perturb_into(g, s, seed, 0, 1e-3, dist)
+
+                upd = lambda dist=dist, seed=seed, eng=eng: eng.update(coeffs, step_seed=seed, round_seed=seed + 1,
+                                                                       lr=1e-9, distribution=dist)  # fmt: skip
+                row(f"perturb pass fused {dist} [B{block} w{warps}]", fused_pass, "sweep")
+                row(f"update pass fused {dist} [B{block} w{warps}]", upd, "sweep")
+            del eng, scratch
+    finally:
+        zk.BLOCK, zk.NUM_WARPS = default
+
+
+def passes(model, zo_params, res: Result, row, fused_ok: bool, device, sweep: bool = False) -> None:
     from hyft.zo.perturb import zo_tensors
 
     tensors = zo_tensors(model, zo_params)
@@ -267,6 +301,8 @@ def passes(model, zo_params, res: Result, row, fused_ok: bool, device) -> None:
                                                           distribution=dist)  # fmt: skip
             row(f"update pass fused {dist}", upd, "stochastic rounding")
         del scratch
+        if sweep:
+            sweep_launch_shapes(model, tensors, row, device)
     else:
         coeffs = torch.ones(1, device=device)
 
@@ -302,7 +338,7 @@ def ratios(res: Result, fused_ok: bool) -> None:
     for key in [k for k in res.rows if k.startswith("mezo")]:
         out.append((f"{key} / (2 forwards)", _div(_ms(res, key), _add(f, f)), "target <= 1.2"))
     for key in [k for k in res.rows if " pass " in k]:
-        target = {"rademacher": "target <= 1.2", "gaussian": "target <= 2.2"}.get(key.split()[-1], "")
+        target = "target <= 1.2" if "rademacher" in key else "target <= 2.2"
         out.append((f"{key} / copy", _div(_ms(res, key), copy), target if "perturb pass fused" in key else ""))
     for key in [k for k in res.rows if k.startswith("hybrid")]:
         peak = res.rows[key].peak
@@ -342,7 +378,8 @@ def print_tables(results: list[Result], header: str) -> None:
         print("| what | ms | peak memory | note |")
         print("|---|---:|---:|---|")
         for r in res.rows.values():
-            print(f"| {r.name} | {r.ms:.2f} | {_gb(r.peak).strip()} | {r.note} |")
+            ms = "n/a" if r.ms is None else f"{r.ms:.2f}"
+            print(f"| {r.name} | {ms} | {_gb(r.peak).strip()} | {r.note} |")
         print("\n| ratio | value | target |")
         print("|---|---:|---|")
         for name, value, target in res.ratios:
@@ -358,7 +395,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--sweep", action="store_true", help="also time the fused passes at other launch shapes (1st config)"
+    )
     args = ap.parse_args(argv)
+    args.swept = False
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     bench = Bench(device, args.warmup, args.iters)
@@ -369,26 +410,23 @@ def main(argv: list[str] | None = None) -> list[Result]:
         name, shape = spec.split(":")
         b, s = (int(x) for x in shape.lower().split("x"))
         results.append(run_config(name, b, s, args, bench))
-    print_tables(results, header)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "header": header,
-                    "results": [
-                        {
-                            "config": r.config,
-                            "batch": r.batch,
-                            "rows": [vars(x) for x in r.rows.values()],
-                            "ratios": r.ratios,
-                        }  # fmt: skip
-                        for r in results
-                    ],
-                },
-                indent=1,
-            )
-        )
+        print_tables(results[-1:], header)
+        if args.json:  # after every config: a later one running out of time keeps the earlier results
+            write_json(args.json, header, results)
+    if len(results) > 1:
+        print_tables(results, header)
     return results
+
+
+def write_json(path: str, header: str, results: list[Result]) -> None:
+    data = {
+        "header": header,
+        "results": [
+            {"config": r.config, "batch": r.batch, "rows": [vars(x) for x in r.rows.values()], "ratios": r.ratios}
+            for r in results
+        ],
+    }
+    Path(path).write_text(json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":
