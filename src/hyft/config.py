@@ -55,6 +55,18 @@ class ZOConfig:
     warmup_steps: int = _f(0, "linear warmup steps")
     rounding: str = _f("stochastic", "how 16-bit weights take the update: stochastic (unbiased) or nearest")
     fp32_master: bool = _f(False, "keep an fp32 master copy of ZO tensors (+4 bytes per ZO weight)")
+    kernels: str = _f(
+        "auto",
+        "ZO perturbation/update code: auto (fused Triton kernels when the ZO weights are on CUDA and triton imports, "
+        "else torch; env HYFT_ZO_KERNELS overrides), torch (reference, per tensor) or triton (fused; error if it "
+        "cannot run). The fused kernels draw other directions (counter-based Philox) than torch",
+    )
+    scratch: str = _f(
+        "block",
+        "fused path: where a perturbed forward's w + mu*z lives: block (module groups of at most max(largest module, "
+        "1/16 of the ZO weights), one launch each), module (one module at a time) or all (one launch before the "
+        "forward; +1 copy of the ZO weights in memory)",
+    )
     embeddings: bool = _f(True, "ZO-update embedding tables")
     lm_head: bool = _f(True, "ZO-update the output head")
     include: list[str] = _f([], "only ZO-update base tensors whose names match one of these globs")

@@ -7,20 +7,29 @@ ZO-updated tensors; its gradient is not a tensor but q projected-gradient scalar
 
 Every applied ZO update is appended to `ledger` as (step, lr, weight_decay, coefficients): with the run seed this is
 enough to replay the whole ZO trajectory onto the original weights.
+
+Two implementations of the ZO perturbation and update (`kernels`): the torch reference (`hyft.zo.perturb`, per tensor,
+torch.randn directions) and the fused kernels (`hyft.zo.kernels`, Triton on CUDA: one read and one write of every
+weight per pass, many tensors per launch, counter-based Philox directions). "auto" takes the fused path when the ZO
+tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton overrides auto). The two draw
+different directions; within a run the choice is fixed at the first perturbation or update.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from hyft.zo import kernels as zk
 from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
-from hyft.zo.rng import mix
+from hyft.zo.rng import DIRECTION, ROUNDING, mix
 
 FO_OPTIMIZERS = ("sgd", "adamw")
+KERNELS = ("auto", "torch", "triton", "emulate")  # emulate: the fused engine with torch math (tests, CPU)
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -44,6 +53,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         rounding: str = "stochastic",
         fp32_master: bool = False,
         seed: int = 0,
+        kernels: str = "auto",
+        scratch: str = "block",
     ):
         fo_params = [p for p in fo_params]
         zo_list = [p for p in zo_params]
@@ -51,6 +62,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             raise ValueError("HybridOptimizer needs at least one FO or ZO parameter")
         if fo_optimizer not in FO_OPTIMIZERS:
             raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:3]}")
+        if scratch not in zk.SCOPES:
+            raise ValueError(f"unknown ZO scratch scope {scratch!r}; choose from {zk.SCOPES}")
         self.fo: torch.optim.Optimizer | None = None
         groups: list[dict[str, Any]] = []
         if fo_params:
@@ -78,6 +93,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.mu, self.queries, self.distribution = mu, queries, distribution
         self.rounding, self.fp32_master, self.seed = rounding, fp32_master, seed
         self.zo_step = 0  # counts applied ZO updates: the step key of every direction
+        self.model, self.kernels, self.scratch = model, kernels, scratch
+        self._fused: zk.FusedZO | None = None
+        self._resolved = False
         self._grads: torch.Tensor | None = None
         self._micro = 0
         self.ledger: list[tuple[int, float, float, torch.Tensor]] = []
@@ -87,11 +105,41 @@ class HybridOptimizer(torch.optim.Optimizer):
     def zo_group(self) -> dict[str, Any] | None:
         return next((g for g in self.param_groups if g["kind"] == "zo"), None)
 
+    @property
+    def fused(self) -> zk.FusedZO | None:
+        """The fused engine, or None on the torch path; decided once, at the first use."""
+        if not self._resolved:
+            self._fused = self._make_fused()
+            self._resolved = True
+        return self._fused
+
+    def _make_fused(self) -> zk.FusedZO | None:
+        mode = self.kernels
+        if mode == "auto":
+            mode = os.environ.get("HYFT_ZO_KERNELS", "auto") or "auto"
+            if mode not in KERNELS:
+                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:3]}")
+        if mode == "torch" or not self.zo_tensors:
+            return None
+        backend = "emulate" if mode == "emulate" else "triton"
+        reason = zk.unavailable_reason(
+            self.zo_tensors, backend=backend, rounding=self.rounding, fp32_master=self.fp32_master
+        )
+        if reason is not None:
+            if mode == "auto":
+                return None
+            raise ValueError(f"zo.kernels={mode}: the fused path cannot run here: {reason}")
+        return zk.FusedZO(self.model, self.zo_tensors, scope=self.scratch, backend=backend)
+
     def direction(self, query: int) -> Direction:
-        return Direction(self.seed, self.zo_step, query, self.distribution)
+        kind = "torch" if self.fused is None else "fused"
+        return Direction(self.seed, self.zo_step, query, self.distribution, kind)
 
     def perturb(self, query: int, sign: float):
         """Context manager: forwards inside it see x + sign * mu * z_query (x itself is never written)."""
+        if self.fused is not None:
+            step_seed = mix(DIRECTION, self.seed, self.zo_step)
+            return self.fused.perturbed(step_seed, query, sign * self.mu, self.distribution)
         return perturbed(self.zo_tensors, self.direction(query), sign * self.mu)
 
     def accumulate_zo(self, grads: torch.Tensor) -> None:
@@ -123,6 +171,9 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
         group = self.zo_group
         step = self.zo_step if step is None else step
+        if self.fused is not None:
+            self._apply_zo_fused(coeffs, step)
+            return
         directions = [Direction(self.seed, step, j, self.distribution) for j in range(len(coeffs))]
         for t in self.zo_tensors:
             state = self.state[t.param]
@@ -143,6 +194,35 @@ class HybridOptimizer(torch.optim.Optimizer):
                 rounding_seed=mix(self.seed, step),
             )
         # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
+        self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
+        self.zo_step = step + 1
+
+    def _apply_zo_fused(self, coeffs: torch.Tensor, step: int) -> None:
+        group = self.zo_group
+        masters, moms = {}, {}
+        if self.fp32_master or group["momentum"] or self.state:
+            for t in self.zo_tensors:
+                state = self.state[t.param]
+                if self.fp32_master and "master" not in state:
+                    state["master"] = t.param.detach().float().clone()
+                if group["momentum"] and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
+                if "master" in state:
+                    masters[id(t.param)] = state["master"]
+                if "momentum_buffer" in state:
+                    moms[id(t.param)] = state["momentum_buffer"]
+        self.fused.update(
+            coeffs,
+            step_seed=mix(DIRECTION, self.seed, step),
+            round_seed=mix(ROUNDING, self.seed, step),
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            distribution=self.distribution,
+            rounding=self.rounding,
+            masters=masters,
+            moms=moms,
+        )
         self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
         self.zo_step = step + 1
 

@@ -127,6 +127,7 @@ def build_optimizer(cfg: Config, model, method: Method, *, sharded: bool = False
         fo_momentum=cfg.fo.momentum, zo_lr=cfg.zo.lr, zo_weight_decay=cfg.zo.weight_decay,
         zo_momentum=cfg.zo.momentum, mu=cfg.zo.mu, queries=cfg.zo.queries, distribution=cfg.zo.distribution,
         rounding=cfg.zo.rounding, fp32_master=cfg.zo.fp32_master, seed=cfg.seed,
+        kernels=cfg.zo.kernels, scratch=cfg.zo.scratch,
     )  # fmt: skip
     return opt, part
 

@@ -11,6 +11,10 @@ Extra memory: the scratch of one module at a time (largest: the embedding / lm_h
 
 Randomness. z for tensor t in query j of step k is drawn from a generator seeded with mix(run_seed, k, j, t): it is
 regenerated, never stored, and it does not depend on the global RNG, on call order or on which other tensors exist.
+
+This module is the reference (torch) implementation. The fused Triton path (`hyft.zo.kernels`) draws its directions
+from a counter-based generator instead; a Direction with kernel="fused" regenerates those (torch emulation), so the
+functions here can check and replay the fused path too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hyft.zo import kernels
 from hyft.zo.rng import DIRECTION, ROUNDING, generator, mix
 from hyft.zo.rounding import stochastic_round
 
@@ -61,6 +66,7 @@ class Direction:
     step: int
     query: int
     distribution: str = "gaussian"  # or "rademacher"
+    kernel: str = "torch"  # whose directions: "torch" (torch.Generator per tensor) or "fused" (hyft.zo.kernels)
 
     def seed(self, tensor_index: int) -> int:
         return mix(DIRECTION, self.run_seed, self.step, self.query, tensor_index)
@@ -68,6 +74,10 @@ class Direction:
     def z(self, t: ZOTensor) -> torch.Tensor:
         """z for tensor t, in fp32 on the tensor's device."""
         w = t.param
+        if self.kernel == "fused":
+            step_seed = mix(DIRECTION, self.run_seed, self.step)
+            z = kernels.emulate_direction(step_seed, t.index, self.query, w.numel(), self.distribution, w.device)
+            return z.view(w.shape)
         g = generator(self.seed(t.index), w.device)
         if self.distribution == "gaussian":
             return torch.randn(w.shape, generator=g, device=w.device, dtype=torch.float32)
