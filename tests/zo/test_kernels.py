@@ -366,9 +366,10 @@ def _check_pass(g, scratch, dtype, distribution, device):
             torch.testing.assert_close(view, want, rtol=1e-6, atol=1e-8)
         elif distribution == "rademacher":
             assert torch.equal(view, want)
-        else:  # z differs in its last bits (fast math): a rare 1-ulp flip of the rounding
+        else:  # z differs by up to ZERR (fast math): mu * ZERR before rounding, plus a rare 1-ulp flip of the rounding
             diff = (view.float() - want.float()).abs()
-            assert (diff <= want.float().abs() * 2**-7).all() and (diff > 0).float().mean() < 1e-3
+            bound = want.float().abs() * 2**-7 + 0.01 * ZERR[device]
+            assert (diff <= bound).all() and (diff > 0).float().mean() < 1e-3
 
 
 def _check_kernel_update(device, shapes):
