@@ -82,6 +82,10 @@ class DataConfig:
     n_test: int = _f(1000, "test examples from the labelled validation file (at most)")
     max_length: int = _f(256, "max tokens per sequence (context truncated from the left)")
     loss: str = _f("classification", "classification (CE over candidates) or lm (answer tokens only)")
+    calibrate: bool = _f(False, "evaluation: subtract each candidate's score given the content-free context first")
+    content_free: str = _f("N/A", "the content-free context used by data.calibrate")
+    max_new_tokens: int = _f(32, "generation tasks: greedy decoding length for exact match / F1")
+    stop: list[str] = _f(["\n"], "generation tasks: the prediction is cut at the first of these strings")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from hyft import scoring
 from hyft.config import Config, save_config
 from hyft.errors import ConfigError
-from hyft.evaluate import accuracy_report, predict
+from hyft.evaluate import EvalOptions, evaluate_examples, headline, log_fields, summary
 from hyft.methods import Method, resolve
 from hyft.models import adapter_parameters, attach_peft, load_model, output_head
 from hyft.optim import HybridOptimizer
@@ -196,11 +196,12 @@ class Trainer:
         return result
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        enc = self.encoded[split]
-        preds = predict(
-            self.model, self.head, enc, self.tokenizer.pad_token_id, max_sequences=self.cfg.train.eval_batch_size
-        )
-        return {"task": self.data.name, "split": split, "step": self.step, **accuracy_report(preds, enc)}
+        """Accuracy by candidate scoring (calibrated with data.calibrate); generation tasks: exact match and F1."""
+        report = evaluate_examples(
+            self.model, self.head, self.tokenizer, self.data.split(split), EvalOptions.from_config(self.cfg),
+            encoded=self.encoded[split],
+        )  # fmt: skip
+        return {"task": self.data.name, "split": split, "step": self.step, **report}
 
     # -- outputs ------------------------------------------------------------------------------------------------------
     def prepare_output(self) -> None:
@@ -230,7 +231,7 @@ class Trainer:
             "backwards_per_step": self.counts[1] * self.cfg.train.grad_accum,
             "params": self.partition.summary(),
             "data": [r.as_dict() for r in self.data.reports],
-            "final": {e["split"]: e["accuracy"] for e in evals if e["step"] == self.step},
+            "final": {e["split"]: headline(e)[1] for e in evals if e["step"] == self.step},
         }
 
     # -- the loop -----------------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ class Trainer:
             for split in ("dev", "test"):
                 if self.encoded[split]:
                     evals.append(self.evaluate(split))
-                    print(f"[hyft] step 0 {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+                    print(f"[hyft] step 0 {split} {summary(evals[-1])}")
         bar = _progress(cfg.train.steps, cfg.train.progress)
         window: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
@@ -259,7 +260,7 @@ class Trainer:
                 window, grads = [], []
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
                 evals.append(self.evaluate("dev"))
-                self.log({"step": self.step, "eval_dev_accuracy": evals[-1]["accuracy"]})
+                self.log({"step": self.step, **log_fields("dev", evals[-1])})
             bar.update(1)
             self.after_step(result)
         bar.close()
@@ -267,7 +268,7 @@ class Trainer:
         for split in ("dev", "test"):
             if self.encoded[split]:
                 evals.append(self.evaluate(split))
-                print(f"[hyft] step {self.step} {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+                print(f"[hyft] step {self.step} {split} {summary(evals[-1])}")
         (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
         info = self.run_info(evals)
         (self.out / "run.json").write_text(json.dumps(info, indent=1))
