@@ -14,6 +14,7 @@ from hyft.errors import HyftError
 
 COMMANDS = {
     "train": ("hyft.commands.train", "fine-tune a model"),
+    "eval": ("hyft.commands.eval", "evaluate a model, an exported model or a run directory (mean ± std over seeds)"),
 }
 
 
