@@ -15,6 +15,7 @@ from hyft.errors import HyftError
 COMMANDS = {
     "train": ("hyft.commands.train", "fine-tune a model"),
     "eval": ("hyft.commands.eval", "evaluate a model, an exported model or a run directory (mean ± std over seeds)"),
+    "compare": ("hyft.commands.compare", "run methods x tasks x seeds, resumable; CSV, Markdown table and plots"),
 }
 
 
