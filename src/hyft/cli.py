@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("hyft.commands.train", "fine-tune a model"),
     "eval": ("hyft.commands.eval", "evaluate a model, an exported model or a run directory (mean ± std over seeds)"),
     "compare": ("hyft.commands.compare", "run methods x tasks x seeds, resumable; CSV, Markdown table and plots"),
+    "sweep": ("hyft.commands.sweep", "grid / random hyperparameter search, early stop on divergence, best config"),
 }
 
 
