@@ -2,8 +2,10 @@
 
 The reference path is how MeZO evaluates (large_models/run.py, `one_step_pred`): one forward per candidate, each
 sequence alone (no padding), full logits over every position and the whole vocabulary, log-softmax, the mean
-log-probability of the candidate's tokens, argmax over candidates. The batched path is `hyft.evaluate.predict`:
-many examples' candidates per padded batch, the LM head only at the positions that predict candidate tokens.
+log-probability of the candidate's tokens, argmax over candidates. The batched path is
+`hyft.evaluate.candidate_scores`: many examples' candidates per padded batch, one sequence per distinct model input
+(a candidate's last token is never read, so one-token verbalizers sharing a context share one sequence), the LM head
+only at the positions that predict candidate tokens.
 Both score the same encoded examples with the same model; the script checks that they predict the same candidate
 for every example and reports the largest score difference.
 

@@ -120,6 +120,48 @@ def test_predict_matches_one_batch_training_scores(model, tok):
     assert predict(model, head, enc, tok.pad_token_id, max_sequences=5) == want
 
 
+@pytest.mark.parametrize("task", ["sst2", "copa", "winogrande", "cb", "rte"])
+def test_shared_inputs_give_the_training_scores_from_fewer_sequences(model, tok, task):
+    from hyft.evaluate import collate_distinct
+
+    head = output_head(model)
+    root = DATA if task == "sst2" else TASKS_DATA
+    opts = {"size": "xs"} if task == "winogrande" else {}
+    data = tasks.load_task(task, root, n_train=0, n_dev=0, n_test=None, seed=0, **opts)
+    enc = [scoring.encode(tok, e, 128) for e in data.test]
+    with torch.no_grad():
+        batch = scoring.collate(enc, tok.pad_token_id)
+        want = scoring.sequence_scores(model, head, batch).tolist()
+    got = [x for s in candidate_scores(model, head, enc, tok.pad_token_id, max_sequences=4) for x in s]
+    assert got == pytest.approx(want, abs=1e-5)
+    distinct, _ = collate_distinct(enc, tok.pad_token_id)
+    one_token = all(len(t) == 1 for e in enc for _, t in e.pairs)
+    shared_context = all(len({c for c, _ in e.pairs}) == 1 for e in enc)
+    if one_token and shared_context:  # verbalizer tasks: one sequence per example instead of one per candidate
+        assert distinct.input_ids.shape[0] == len(enc) < batch.input_ids.shape[0]
+    else:
+        assert distinct.input_ids.shape[0] <= batch.input_ids.shape[0]
+
+
+def test_one_token_verbalizers_need_one_sequence_per_example(tok):
+    from hyft.evaluate import collate_distinct
+
+    exs = [Example.shared_context(f"review {i}: fine{'!' * i} Answer:", ["A", "B", "C"], i % 3) for i in range(6)]
+    enc = [scoring.encode(tok, e, 64) for e in exs]
+    assert all(len(t) == 1 for e in enc for _, t in e.pairs)
+    distinct, owner = collate_distinct(enc, tok.pad_token_id)
+    assert (
+        distinct.input_ids.shape[0] == 6 and distinct.lengths.tolist() == [1] * 18 and owner.tolist() == list(range(18))
+    )
+    n = count_forwards(m := tiny_model("llama").eval())
+    got = candidate_scores(m, output_head(m), enc, tok.pad_token_id)
+    assert n["F"] == 1
+    with torch.no_grad():
+        batch = scoring.collate(enc, tok.pad_token_id)
+        want = scoring.sequence_scores(m, output_head(m), batch).tolist()
+    assert [x for s in got for x in s] == pytest.approx(want, abs=1e-5) and batch.input_ids.shape[0] == 18
+
+
 # -- generation --------------------------------------------------------------------------------------------------------
 def test_left_pad():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)

@@ -362,7 +362,11 @@ def run_cell_in_process(cfg: Config, model_factory: Callable[[Config], tuple[Any
     model = tok = None
     if model_factory is not None:
         model, tok = model_factory(cfg)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # in-process cells: free the previous cell's tensors, then count this one's peak
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start).fit()
 

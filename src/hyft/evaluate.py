@@ -13,17 +13,23 @@ import torch
 from torch import nn
 
 from hyft.generation import generate_answers, generation_report, is_generation
-from hyft.scoring import Encoded, calibrate, collate, content_free, encode, sequence_scores
+from hyft.scoring import Batch, Encoded, calibrate, content_free, encode, token_logprobs
 from hyft.tasks.base import Example
 
 
+def candidate_inputs(e: Encoded) -> list[tuple[int, ...]]:
+    """Each candidate's model input: context + continuation minus its last token, which is only predicted, never
+    read. Candidates that share a context and have one-token continuations (most verbalizers) share one input."""
+    return [tuple(c) + tuple(t[:-1]) for c, t in e.pairs]
+
+
 def chunks_by_sequences(encoded: Sequence[Encoded], max_sequences: int) -> list[list[int]]:
-    """Example indices grouped so each group has at most max_sequences candidate sequences (length-sorted to keep
-    padding low)."""
+    """Example indices grouped so each group has at most max_sequences distinct input sequences (length-sorted to
+    keep padding low)."""
     order = sorted(range(len(encoded)), key=lambda i: max(len(c) + len(t) for c, t in encoded[i].pairs))
     groups, cur, n = [], [], 0
     for i in order:
-        k = len(encoded[i].pairs)
+        k = len(set(candidate_inputs(encoded[i])))
         if cur and n + k > max_sequences:
             groups.append(cur)
             cur, n = [], 0
@@ -34,19 +40,51 @@ def chunks_by_sequences(encoded: Sequence[Encoded], max_sequences: int) -> list[
     return groups
 
 
+def collate_distinct(encoded: Sequence[Encoded], pad_id: int) -> tuple[Batch, torch.Tensor]:
+    """A right-padded batch of the distinct candidate inputs of `encoded`, plus the candidate each scored token
+    belongs to. batch.rows/cols/targets address the scored tokens, batch.lengths and batch.offsets are per
+    candidate. Equal inputs give equal hidden states, so sharing them changes no score."""
+    index: dict[tuple[int, ...], int] = {}
+    rows, cols, targets, owner, lengths, offsets, labels = [], [], [], [], [], [0], []
+    for e in encoded:
+        for (c, t), inp in zip(e.pairs, candidate_inputs(e)):
+            k = index.setdefault(inp, len(index))
+            rows += [k] * len(t)
+            cols += range(len(c) - 1, len(c) - 1 + len(t))
+            targets += t
+            owner += [len(lengths)] * len(t)
+            lengths.append(len(t))
+        offsets.append(len(lengths))
+        labels.append(e.label)
+    seqs = list(index)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)
+    batch = Batch(ids, mask, as_long(rows), as_long(cols), as_long(targets), as_long(lengths), offsets, as_long(labels))
+    return batch, as_long(owner)
+
+
 @torch.no_grad()
 def candidate_scores(
     model: nn.Module, head: nn.Module, encoded: Sequence[Encoded], pad_id: int, *, max_sequences: int = 64
 ) -> list[list[float]]:
-    """Per example, each candidate's score: the mean log-likelihood of its continuation given its context."""
+    """Per example, each candidate's score: the mean log-likelihood of its continuation given its context (the
+    same number scoring.sequence_scores gives in training, from fewer sequences)."""
     device = next(model.parameters()).device
     out: list[list[float]] = [[] for _ in encoded]
     was_training = model.training
     model.eval()
     try:
         for group in chunks_by_sequences(encoded, max_sequences):
-            batch = collate([encoded[i] for i in group], pad_id).to(device)
-            scores = sequence_scores(model, head, batch).tolist()
+            batch, owner = collate_distinct([encoded[i] for i in group], pad_id)
+            batch, owner = batch.to(device), owner.to(device)
+            lp = token_logprobs(model, head, batch)
+            sums = torch.zeros(batch.lengths.shape[0], device=lp.device, dtype=lp.dtype).index_add_(0, owner, lp)
+            scores = (sums / batch.lengths).tolist()
             for i, a, b in zip(group, batch.offsets[:-1], batch.offsets[1:]):
                 out[i] = scores[a:b]
     finally:
