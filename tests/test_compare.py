@@ -118,6 +118,7 @@ def test_in_process_with_model_factory_and_yaml_variants(tmp_path):
     assert res["ran"] == 2 and not res["failures"] and made == [0.05, 0.2]
     rows = _rows(tmp_path / "o")
     assert all(r["status"] == "ok" and r["steps_to_target"] == "0" for r in rows)  # target 0: reached at step 0
+    assert all(r["memory_kind"] == "peak_rss_process" for r in rows)  # in one process RSS is not per cell
 
 
 def test_failed_cell_is_reported_and_the_study_goes_on(tmp_path):

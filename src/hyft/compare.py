@@ -282,6 +282,10 @@ def load_spec(
     tgt: str | float | None = target if target is not None else comp.get("target", "lora")
     if isinstance(tgt, str):
         tgt = None if tgt.lower() in ("none", "") else (float(tgt) if _is_number(tgt) else tgt)
+    elif isinstance(tgt, (int, float)) and not isinstance(tgt, bool):
+        tgt = float(tgt)
+    elif tgt is not None:
+        raise ConfigError(f"target: expected a method name, an accuracy or none, got {tgt!r}")
     spec = CompareSpec(
         base=base,
         methods=[parse_variant(n, variants) for n in names],
@@ -383,7 +387,9 @@ def run_cell(cell: Cell, *, dev_at_start: bool, model_factory=None, in_process: 
     """Train one cell; (ok, message). The config is written to cell.yaml first."""
     cell.dir.mkdir(parents=True, exist_ok=True)
     (cell.dir / "cell.yaml").write_text(yaml.safe_dump(cell.config, sort_keys=False), encoding="utf-8")
-    if in_process or model_factory is not None:
+    in_process = in_process or model_factory is not None
+    (cell.dir / "runner.json").write_text(json.dumps({"in_process": in_process}))
+    if in_process:
         cfg = load_config(cell.dir / "cell.yaml")
         try:
             run_cell_in_process(cfg, model_factory, dev_at_start)
@@ -420,6 +426,9 @@ def cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
     hit = next((r for r in dev if target is not None and r["value"] >= target - 1e-12), None)
     train_s = max((r["train_s"] for r in curve), default=float("nan"))
     device = str(run.get("device", "cpu"))
+    runner = cell.dir / "runner.json"
+    shared = runner.is_file() and json.loads(runner.read_text()).get("in_process", False)
+    memory_kind = "cuda_max_allocated" if device.startswith("cuda") else "peak_rss" + ("_process" if shared else "")
     return {
         "task": cell.task,
         "method": cell.method,
@@ -437,7 +446,7 @@ def cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
         "train_time_s": round(train_s, 3),
         "time_per_step_s": round(train_s / steps, 4) if steps else None,
         "peak_memory_mb": round(run["peak_memory_bytes"] / 2**20, 1),
-        "memory_kind": "cuda_max_allocated" if device.startswith("cuda") else "peak_rss",
+        "memory_kind": memory_kind,
         "forwards_per_step": run["forwards_per_step"],
         "backwards_per_step": run["backwards_per_step"],
         "trainable_params": run["params"]["fo_params"],
