@@ -197,3 +197,34 @@ def test_bad_specs_fail_before_training(tmp_path, capsys):
         assert main(["compare", "--config", str(cfg), "--out", str(tmp_path / "o"), *extra]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_study_config_is_valid():
+    spec = load_spec("examples/compare_smollm2.yaml", overrides=["--data.data_dir", DATA])
+    assert [v.name for v in spec.methods] == ["lora", "lora-adamw", "ft", "mezo", "zo-lora", "hybrid-lora",
+                                             "hybrid-prefix"]  # fmt: skip
+    cells = spec.cells()
+    assert len(cells) == 7 * 4 * 2 and cells[0].method == "lora"
+    by = {c.method: c.config for c in cells if c.task == "rte" and c.seed == 1}
+    assert by["hybrid-prefix"]["peft"]["type"] == "prefix" and by["hybrid-prefix"]["zo"]["lr"] == 1e-6
+    assert by["ft"]["fo"] == {"optimizer": "adamw", "lr": 1e-5} and by["zo-lora"]["zo"]["mu"] == 1e-2
+    assert by["lora"]["fo"]["optimizer"] == "sgd" and by["lora-adamw"]["fo"]["optimizer"] == "adamw"
+
+
+def test_run_compare_script(saved_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HYFT_DATA_DIR": DATA, "MODEL": str(saved_model), "PYTHON": sys.executable}
+    out = tmp_path / "study"
+    args = ["bash", "benchmarks/run_compare.sh", str(out), "--tasks", "sst2", "--seeds", "0", "--methods",
+            "lora,hybrid-lora", "--train.steps", "2", "--data.n_train", "8", "--data.n_dev", "4", "--data.n_test", "4",
+            "--data.max_length", "64", "--eval_every", "1", "--in_process"]  # fmt: skip
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} >= {"env.txt", "compare.log", "compare.csv", "compare.md", "plots", "cells"}
+    assert f"model: {saved_model}" in (out / "env.txt").read_text()
+    assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    bad = subprocess.run(args, env={**env, "HYFT_DATA_DIR": str(tmp_path)}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "set HYFT_DATA_DIR" in bad.stderr

@@ -115,6 +115,10 @@ class Config:
     fo: FOConfig = field(default_factory=FOConfig, metadata={"help": "first-order group"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task and data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    compare: dict[str, Any] | None = _f(
+        None,
+        "hyft compare's section (methods, tasks, seeds, variants, target, ...; docs/results.md); hyft train ignores it",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
