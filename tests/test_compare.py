@@ -160,10 +160,15 @@ def test_failed_cell_is_reported_and_the_study_goes_on(tmp_path):
         ),  # fmt: skip
         ("mine", {"method": "hybrid", "zo": {"mu": 0.01}}),
         ("lora-big", {"method": "lora", "peft": {"r": 16}}),
+        ("ft", {"method": "ft", "fo": {"lr": 1e-5}}),
     ],
 )
 def test_method_variant_syntax(spec, want):
-    variants = {"mine": {"method": "hybrid", "zo.mu": 0.01}, "lora-big": {"base": "lora", "peft": {"r": 16}}}
+    variants = {
+        "mine": {"method": "hybrid", "zo.mu": 0.01},
+        "lora-big": {"base": "lora", "peft": {"r": 16}},
+        "ft": {"base": "ft", "fo.lr": 1e-5},  # refines the built-in name of the same name
+    }
     assert parse_variant(spec, variants).overrides == want
 
 
@@ -181,7 +186,7 @@ def test_method_variant_syntax(spec, want):
 )
 def test_bad_variants(spec, message):
     with pytest.raises(ConfigError, match=message):
-        parse_variant(spec, {"loop": {"base": "loop"}, "nomethod": {"fo.lr": 1}})
+        parse_variant(spec, {"loop": {"base": "pool"}, "pool": {"base": "loop"}, "nomethod": {"fo.lr": 1}})
 
 
 def test_bad_specs_fail_before_training(tmp_path, capsys):

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,10 @@ def parse_variant(spec: str, variants: dict[str, dict[str, Any]], _depth: int = 
             raise ConfigError(f"compare.variants.{spec}: expected a mapping of config overrides")
         v = expand(v)
         base = v.pop("base", None)
-        over = parse_variant(base, variants, _depth + 1).overrides if base else {}
+        if base == spec:  # `lora: {base: lora, ...}` refines the built-in lora
+            over = builtin_variant(spec)
+        else:
+            over = parse_variant(base, variants, _depth + 1).overrides if base else {}
         over = merge(over, v)
         if "method" not in over:
             try:
@@ -196,7 +199,6 @@ class CompareSpec:
     target: str | float | None = "lora"
     eval_every: int = 0
     eval_start: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """Cells in run order: task, then seed, then the target method first (its accuracy is the others' target)."""
