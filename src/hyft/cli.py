@@ -16,6 +16,9 @@ COMMANDS = {
     "train": ("hyft.commands.train", "fine-tune a model"),
     "export": ("hyft.commands.export", "export a run as a merged HF model or as base model + peft adapter"),
     "replay": ("hyft.commands.replay", "rebuild the ZO-updated base model from the original and the seed ledger"),
+    "eval": ("hyft.commands.eval", "evaluate a model, an exported model or a run directory (mean ± std over seeds)"),
+    "compare": ("hyft.commands.compare", "run methods x tasks x seeds, resumable; CSV, Markdown table and plots"),
+    "sweep": ("hyft.commands.sweep", "grid / random hyperparameter search, early stop on divergence, best config"),
 }
 
 

@@ -94,6 +94,10 @@ class DataConfig:
     n_test: int = _f(1000, "test examples from the labelled validation file (at most)")
     max_length: int = _f(256, "max tokens per sequence (context truncated from the left)")
     loss: str = _f("classification", "classification (CE over candidates) or lm (answer tokens only)")
+    calibrate: bool = _f(False, "evaluation: subtract each candidate's score given the content-free context first")
+    content_free: str = _f("N/A", "the content-free context used by data.calibrate")
+    max_new_tokens: int = _f(32, "generation tasks: greedy decoding length for exact match / F1")
+    stop: list[str] = _f(["\n"], "generation tasks: the prediction is cut at the first of these strings")
 
 
 @dataclass
@@ -143,6 +147,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "task and data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "multi-process training (torchrun)"})
+    compare: dict[str, Any] | None = _f(
+        None,
+        "hyft compare's section (methods, tasks, seeds, variants, target, ...; docs/results.md); hyft train ignores it",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,6 +40,20 @@ def encode(tok, ex: Example, max_length: int) -> Encoded:
     return Encoded(tuple(pairs), ex.label)
 
 
+def content_free(enc: Encoded, context_ids: Sequence[int]) -> Encoded:
+    """The example with every candidate's context replaced by `context_ids` (a content-free input such as the ids of
+    "N/A"). Its scores are each candidate's prior; calibration subtracts them from the real scores, i.e. divides the
+    probabilities (Zhao et al. 2021, "Calibrate before use"). Continuations are kept as encoded, so candidates that
+    share a continuation (WinoGrande's partial scoring) get equal priors and calibration leaves them unchanged."""
+    ctx = tuple(context_ids)
+    return Encoded(tuple((ctx, t) for _, t in enc.pairs), enc.label)
+
+
+def calibrate(scores: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Calibrated candidate scores: log p(y | x) - log p(y | content-free), per candidate (same shapes)."""
+    return scores - priors
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [S, L], right-padded

@@ -21,7 +21,7 @@ from hyft import dist as hdist
 from hyft import scoring
 from hyft.config import Config, save_config
 from hyft.errors import ConfigError
-from hyft.evaluate import accuracy_report, predict
+from hyft.evaluate import EvalOptions, evaluate_examples, headline, log_fields, summary
 from hyft.guard import (
     DivergenceGuard,
     TrainingDiverged,
@@ -271,14 +271,15 @@ class Trainer:
         return result
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        enc = self.encoded[split]
+        """Accuracy by candidate scoring (calibrated with data.calibrate); generation tasks: exact match and F1."""
         try:
-            preds = predict(
-                self.model, self.head, enc, self.tokenizer.pad_token_id, max_sequences=self.cfg.train.eval_batch_size
-            )
+            report = evaluate_examples(
+                self.model, self.head, self.tokenizer, self.data.split(split), EvalOptions.from_config(self.cfg),
+                encoded=self.encoded[split],
+            )  # fmt: skip
         except torch.OutOfMemoryError as e:
             raise out_of_memory("eval", self.step, self.device, e) from None
-        return {"task": self.data.name, "split": split, "step": self.step, **accuracy_report(preds, enc)}
+        return {"task": self.data.name, "split": split, "step": self.step, **report}
 
     # -- checkpoints (format: checkpoint.py, docs/checkpoints.md) -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -387,7 +388,7 @@ class Trainer:
             "backwards_per_step": self.counts[1] * self.cfg.train.grad_accum,
             "params": self.partition.summary(),
             "data": [r.as_dict() for r in self.data.reports],
-            "final": {e["split"]: e["accuracy"] for e in evals if e["step"] == self.step},
+            "final": {e["split"]: headline(e)[1] for e in evals if e["step"] == self.step},
             "skipped_steps": self.guard.skipped,
             "checkpoint": self.checkpoint_report(),
         }
@@ -417,7 +418,7 @@ class Trainer:
                 if self.encoded[split]:
                     evals.append(self.evaluate(split))
                     if self.is_main:
-                        print(f"[hyft] step 0 {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+                        print(f"[hyft] step 0 {split} {summary(evals[-1])}")
         if self.opt.zo_tensors and self.step == 0:
             warn_if_perturbation_vanishes([t.param for t in self.opt.zo_tensors], cfg.zo.mu, cfg.zo.distribution)
         bar = _progress(cfg.train.steps, cfg.train.progress and self.is_main)
@@ -440,7 +441,7 @@ class Trainer:
                         v.clear()
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
                     evals.append(self.evaluate("dev"))
-                    self.log({"step": self.step, "eval_dev_accuracy": evals[-1]["accuracy"]})
+                    self.log({"step": self.step, **log_fields("dev", evals[-1])})
                 bar.update(1)
                 self.elapsed = time.perf_counter() - t0
                 self.after_step(result)
@@ -452,7 +453,7 @@ class Trainer:
             if self.encoded[split]:
                 evals.append(self.evaluate(split))
                 if self.is_main:
-                    print(f"[hyft] step {self.step} {split} accuracy {evals[-1]['accuracy']:.4f} (n={evals[-1]['n']})")
+                    print(f"[hyft] step {self.step} {split} {summary(evals[-1])}")
         info = self.run_info(evals)
         if self.is_main:
             (self.out / "eval.json").write_text(json.dumps(evals, indent=1))

@@ -1,0 +1,55 @@
+"""hyft compare --config FILE.yaml --methods ft,lora,... --tasks sst2,rte --seeds 0,1,2 [--out DIR] [--section.key V]
+
+Runs every (task, seed, method) cell in sequence, each in a fresh subprocess (peak memory per cell), skipping cells
+that finished earlier (their run.json exists), then writes compare.csv, compare.md (mean ± std over seeds),
+compare.json and plots/<task>.png into --out. Method names and variants: see hyft/compare.py or docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="base config for every cell (a hyft train config; optional compare: section)")
+    p.add_argument("--methods", help="comma-separated method names or variants (NAME=BASE+key=value+...)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: the config's data.task)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the config's seed)")
+    p.add_argument("--out", help="output folder (default compare.out, else runs/compare)")
+    p.add_argument("--target", help="method whose final dev accuracy is the target (default lora), an accuracy, "
+                                    "or none")  # fmt: skip
+    p.add_argument("--eval_every", type=int, help="dev evaluation every K steps (default train.steps // 10)")
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run cells in this process (faster start; peak memory is then process-wide, not per cell)",
+    )
+    p.add_argument("--dry_run", action="store_true", help="list the cells and which are finished, run nothing")
+    p.add_argument("--report_only", action="store_true", help="rebuild CSV, table and plots from finished cells")
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from hyft.compare import load_spec, run_compare, write_reports
+
+    spec = load_spec(
+        args.config, methods=args.methods, tasks=args.tasks, seeds=args.seeds, out=args.out, target=args.target,
+        eval_every=args.eval_every, overrides=rest,
+    )  # fmt: skip
+    cells = spec.cells()
+    if args.dry_run:
+        for c in cells:
+            print(f"{'done   ' if c.done else 'pending'} {c.key}  {c.dir}")
+        print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
+        return 0
+    if args.report_only:
+        paths = write_reports(spec)
+    else:
+        result = run_compare(spec, in_process=args.in_process)
+        paths = result
+        print(f"[hyft] ran {result['ran']} cell(s), skipped {result['skipped']} finished")
+        if result["failures"]:
+            for key, msg in result["failures"].items():
+                print(f"[hyft] FAILED {key}: {msg}")
+    print(f"[hyft] wrote {paths['csv']}, {paths['markdown']}, {len(paths['plots'])} plot(s) in {spec.out / 'plots'}")
+    print((spec.out / "compare.md").read_text(encoding="utf-8"))
+    return 1 if not args.report_only and paths.get("failures") else 0

@@ -1,0 +1,45 @@
+"""hyft sweep --config FILE.yaml --method hybrid --grid zo.lr=1e-6,1e-5 fo.lr=1e-4,1e-3 [--random N] [...]
+
+Short runs over the grid (every point, or N seeded random points), each stopped at the first step whose loss is
+NaN/inf or above the bound; the finished run with the best final dev accuracy wins and its config is written to
+<out>/best.yaml (with the base config's own train.steps, ready for `hyft train --config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="base config (a hyft train config)")
+    p.add_argument("--method", help="method or preset for every trial (default: the config's)")
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="config keys and their values, e.g. zo.lr=1e-6,1e-5 fo.lr=1e-4,1e-3")  # fmt: skip
+    p.add_argument("--random", type=int, default=None, metavar="N", help="run N random grid points instead of all")
+    p.add_argument("--sample_seed", type=int, default=0, help="seed of the --random draw")
+    p.add_argument("--steps", type=int, default=None, help="steps per trial (default: the config's train.steps)")
+    p.add_argument("--max_loss", type=float, default=None, help="divergence bound on the training loss")
+    p.add_argument(
+        "--diverge_factor",
+        type=float,
+        default=4.0,
+        help="without --max_loss: the bound is this factor times the first step's loss (default 4)",
+    )
+    p.add_argument("--out", default="runs/sweep", help="output folder (trials/, sweep.csv, sweep.json, best.yaml)")
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    from hyft.report import text_table
+    from hyft.sweep import base_dict, parse_grid, run_sweep
+
+    grid = parse_grid(args.grid)
+    res = run_sweep(
+        base_dict(args.config, rest), grid, method=args.method, out=args.out, steps=args.steps,
+        random_n=args.random, sample_seed=args.sample_seed, max_loss=args.max_loss,
+        diverge_factor=args.diverge_factor,
+    )  # fmt: skip
+    headers = ["trial", *grid, "status", "steps", "final_dev", "final_loss", "seconds"]
+    print(text_table(headers, [[t.row()[h] for h in headers] for t in res["trials"]]))
+    best = res["best"]
+    print(f"[hyft] best: trial {best.index} {best.params} dev {best.final_dev:.4f}; wrote {res['out'] / 'best.yaml'}")
+    return 0

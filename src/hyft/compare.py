@@ -1,0 +1,636 @@
+"""Method comparison: every (task, seed, method) cell trained from one base config, resumable, summarised.
+
+A cell is a complete `hyft train` config (`cell.yaml`, reusable as is with `hyft train --config`) run in a fresh
+subprocess, so peak memory (CUDA max allocated, or peak RSS on CPU) is per cell. A cell whose run.json exists is
+finished and is not rerun. Per cell the runner also writes `curve.jsonl`: the loss of every step and every
+evaluation, each with the pure training seconds so far (evaluation time excluded), which the targets and plots use.
+
+Method names (see docs/results.md):
+    a preset                  ft, lora, prefix, prompt, mezo, zo-lora, hybrid
+    preset-suffix[-suffix]    suffixes: lora|prefix|prompt (peft.type), sgd|adamw (fo.optimizer),
+                              onesided|central|alternating (zo.schedule); e.g. hybrid-prefix, lora-adamw
+    a `variants:` entry       in the config's `compare:` section, name -> config overrides (nested or dotted keys)
+    NAME=BASE+key=value+...   inline: BASE is any of the above, then dotted config overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from hyft.config import Config, load_config, parse_overrides
+from hyft.errors import ConfigError
+from hyft.evaluate import headline
+from hyft.methods import PRESETS, resolve
+from hyft.trainer import Trainer
+
+SUFFIXES = {
+    **{k: ("peft", "type") for k in ("lora", "prefix", "prompt")},
+    **{k: ("fo", "optimizer") for k in ("sgd", "adamw")},
+    **{k: ("zo", "schedule") for k in ("onesided", "central", "alternating")},
+}
+COMPARE_KEYS = {"methods", "tasks", "seeds", "variants", "target", "eval_every", "out", "eval_start"}
+CSV_FIELDS = [
+    "task", "method", "seed", "status", "steps", "final_test", "final_dev", "best_dev", "best_dev_step", "target",
+    "steps_to_target", "seconds_to_target", "wall_time_s", "train_time_s", "time_per_step_s", "peak_memory_mb",
+    "memory_kind", "forwards_per_step", "backwards_per_step", "trainable_params", "zo_params", "n_dev", "n_test",
+    "metric",
+]  # fmt: skip
+
+
+# -- config dictionaries -------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it, with 1e-6-style floats read as floats (YAML 1.1 needs a dot)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def expand(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys ({"fo.lr": 1e-3}) to nested mappings; nested mappings are expanded recursively."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"{key}: {p} is not a section")
+        cur[parts[-1]] = expand(value) if isinstance(value, dict) and parts[-1] not in ("options", "dataset") else value
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("options", "dataset"):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(data: dict[str, Any], where: str = "") -> Config:
+    """Validate a nested config mapping exactly as `hyft train --config` would."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    try:
+        return load_config(f.name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{str(e).split(': ', 1)[-1]}") from None
+    finally:
+        os.unlink(f.name)
+
+
+# -- method variants -----------------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    name: str
+    overrides: dict[str, Any]  # nested config mapping, method included
+
+
+def builtin_variant(name: str) -> dict[str, Any]:
+    if name in PRESETS:
+        return {"method": name}
+    bases = sorted((p for p in PRESETS if name.startswith(p + "-")), key=len, reverse=True)
+    if not bases:
+        raise ConfigError(
+            f"method {name!r}: not a preset ({', '.join(PRESETS)}), a preset with suffixes "
+            f"({', '.join(SUFFIXES)}), a variant from the config's compare.variants, or NAME=BASE+key=value"
+        )
+    out: dict[str, Any] = {"method": bases[0]}
+    for token in name[len(bases[0]) + 1 :].split("-"):
+        if token not in SUFFIXES:
+            raise ConfigError(f"method {name!r}: unknown suffix {token!r}; suffixes: {', '.join(SUFFIXES)}")
+        section, key = SUFFIXES[token]
+        out = merge(out, {section: {key: token}})
+    return out
+
+
+def parse_variant(spec: str, variants: dict[str, dict[str, Any]], _depth: int = 0) -> Variant:
+    """A method spec -> its name and config overrides (see the module docstring)."""
+    spec = spec.strip()
+    if _depth > 10:
+        raise ConfigError(f"method {spec!r}: variants refer to each other in a loop")
+    if "=" in spec.split("+", 1)[0]:
+        name, body = spec.split("=", 1)
+        if not name or "/" in name:
+            raise ConfigError(f"method {spec!r}: a variant name must be non-empty and have no '/'")
+        base, *pairs = body.split("+")
+        over = parse_variant(base, variants, _depth + 1).overrides
+        for pair in pairs:
+            if "=" not in pair:
+                raise ConfigError(f"method {spec!r}: expected key=value after '+', got {pair!r}")
+            k, v = pair.split("=", 1)
+            over = merge(over, expand({k.strip(): parse_value(v.strip())}))
+        return Variant(name.strip(), over)
+    if "+" in spec:
+        raise ConfigError(f"method {spec!r}: give an inline variant a name, e.g. my-{spec.split('+')[0]}={spec}")
+    if spec in variants:
+        v = variants[spec]
+        if not isinstance(v, dict):
+            raise ConfigError(f"compare.variants.{spec}: expected a mapping of config overrides")
+        v = expand(v)
+        base = v.pop("base", None)
+        if base == spec:  # `lora: {base: lora, ...}` refines the built-in lora
+            over = builtin_variant(spec)
+        else:
+            over = parse_variant(base, variants, _depth + 1).overrides if base else {}
+        over = merge(over, v)
+        if "method" not in over:
+            try:
+                over = merge(builtin_variant(spec), over)
+            except ConfigError:
+                raise ConfigError(f"compare.variants.{spec}: give a `method:` or a `base:` variant") from None
+        return Variant(spec, over)
+    return Variant(spec, builtin_variant(spec))
+
+
+# -- the plan ------------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    task: str
+    method: str
+    seed: int
+    dir: Path
+    config: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "run.json").is_file()
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.method}/seed{self.seed}"
+
+
+@dataclass
+class CompareSpec:
+    base: dict[str, Any]
+    methods: list[Variant]
+    tasks: list[str]
+    seeds: list[int]
+    out: Path
+    target: str | float | None = "lora"
+    eval_every: int = 0
+    eval_start: bool = True
+
+    def cells(self) -> list[Cell]:
+        """Cells in run order: task, then seed, then the target method first (its accuracy is the others' target)."""
+        order = sorted(self.methods, key=lambda v: v.name != self.target)
+        steps = int(self.base.get("train", {}).get("steps", Config().train.steps))
+        every = self.eval_every or max(1, steps // 10)
+        log_every = math.gcd(int(self.base.get("train", {}).get("log_every", Config().train.log_every)), every)
+        out = []
+        for task in self.tasks:
+            for seed in self.seeds:
+                for v in order:
+                    d = self.out / "cells" / task / v.name / f"seed{seed}"
+                    fixed = {
+                        "seed": seed,
+                        "data": {"task": task},
+                        "train": {"output_dir": str(d), "overwrite": True, "progress": False, "eval_every": every,
+                                  "log_every": log_every, "eval_before": False},
+                    }  # fmt: skip
+                    out.append(Cell(task, v.name, seed, d, merge(merge(self.base, v.overrides), fixed)))
+        return out
+
+
+def _split_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    items = [str(x).strip() for x in items if str(x).strip()]
+    if not items:
+        raise ConfigError(f"{what}: empty list")
+    return items
+
+
+def load_spec(
+    config: str | Path | None,
+    *,
+    methods: str | None = None,
+    tasks: str | None = None,
+    seeds: str | None = None,
+    out: str | None = None,
+    target: str | None = None,
+    eval_every: int | None = None,
+    overrides: list[str] | None = None,
+) -> CompareSpec:
+    """The comparison from a config file (a normal hyft config; an optional `compare:` section holds methods, tasks,
+    seeds, variants, target, eval_every, out, eval_start) and command-line values, which win."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    comp = data.pop("compare", None) or {}
+    if not isinstance(comp, dict):
+        raise ConfigError("compare: expected a mapping")
+    unknown = sorted(set(comp) - COMPARE_KEYS)
+    if unknown:
+        raise ConfigError(f"compare: unknown key(s) {unknown}; allowed: {sorted(COMPARE_KEYS)}")
+    base = expand(data)
+    for key, value in parse_overrides(overrides or []):
+        from hyft.config import ALIASES
+
+        base = merge(base, expand({ALIASES.get(key, key): value}))
+    config_from_dict(base, "config: ")  # the base alone must be valid
+    variants = comp.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise ConfigError("compare.variants: expected a mapping from name to config overrides")
+    names = _split_list(methods if methods is not None else comp.get("methods"), "methods")
+    if not names:
+        raise ConfigError("methods: none given (--methods or compare.methods)")
+    task_names = _split_list(tasks if tasks is not None else comp.get("tasks"), "tasks") or [
+        str(base.get("data", {}).get("task", Config().data.task))
+    ]
+    seed_text = _split_list(seeds if seeds is not None else comp.get("seeds"), "seeds") or [str(base.get("seed", 0))]
+    try:
+        seed_list = [int(s) for s in seed_text]
+    except ValueError:
+        raise ConfigError(f"seeds: expected integers, got {seed_text}") from None
+    tgt: str | float | None = target if target is not None else comp.get("target", "lora")
+    if isinstance(tgt, str):
+        tgt = None if tgt.lower() in ("none", "") else (float(tgt) if _is_number(tgt) else tgt)
+    elif isinstance(tgt, (int, float)) and not isinstance(tgt, bool):
+        tgt = float(tgt)
+    elif tgt is not None:
+        raise ConfigError(f"target: expected a method name, an accuracy or none, got {tgt!r}")
+    spec = CompareSpec(
+        base=base,
+        methods=[parse_variant(n, variants) for n in names],
+        tasks=task_names,
+        seeds=seed_list,
+        out=Path(out or comp.get("out") or "runs/compare"),
+        target=tgt,
+        eval_every=int(eval_every if eval_every is not None else comp.get("eval_every", 0) or 0),
+        eval_start=bool(comp.get("eval_start", True)),
+    )
+    names = [v.name for v in spec.methods]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"methods: {sorted(dup)} given twice")
+    if isinstance(spec.target, str) and spec.target not in names:
+        raise ConfigError(
+            f"target: {spec.target!r} is not among the methods {names}; add it (it runs first in each task and seed), "
+            "or pass --target METHOD, --target ACCURACY or --target none"
+        )
+    for cell in spec.cells():  # fail before any training if a cell's config is invalid
+        cfg = config_from_dict(cell.config, f"{cell.key}: ")
+        resolve(cfg)
+    return spec
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# -- one cell ------------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CellTrainer(Trainer):
+    """A Trainer that also writes curve.jsonl: every step's loss and every evaluation, each with the training
+    seconds so far (steps only: evaluation time excluded, CUDA synchronised around each step)."""
+
+    def __init__(self, *args, dev_at_start: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_seconds = 0.0
+        self.dev_at_start = dev_at_start
+
+    def _curve(self, record: dict[str, Any]) -> None:
+        with open(self.out / "curve.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def prepare_output(self) -> None:
+        super().prepare_output()
+        (self.out / "curve.jsonl").write_text("")
+        if self.dev_at_start and self.encoded["dev"]:
+            self.evaluate("dev")  # step 0 on dev only (eval_before would also score the whole test split)
+
+    def train_step(self):
+        _sync(self.device)
+        t = time.perf_counter()
+        result = super().train_step()
+        loss = float(result.loss)
+        _sync(self.device)
+        self.train_seconds += time.perf_counter() - t
+        self._curve({"step": self.step, "loss": loss, "applied": result.applied, "train_s": self.train_seconds})
+        return result
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        report = super().evaluate(split)
+        name, value = headline(report)
+        self._curve({"step": self.step, "split": split, "metric": name, "value": value, "n": report["n"],
+                     "train_s": self.train_seconds})  # fmt: skip
+        return report
+
+
+def run_cell_in_process(cfg: Config, model_factory: Callable[[Config], tuple[Any, Any]] | None, dev_at_start: bool):
+    model = tok = None
+    if model_factory is not None:
+        model, tok = model_factory(cfg)
+    if torch.cuda.is_available():  # in-process cells: free the previous cell's tensors, then count this one's peak
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start).fit()
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # the directory holding this hyft package
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_cell(cell: Cell, *, dev_at_start: bool, model_factory=None, in_process: bool = False) -> tuple[bool, str]:
+    """Train one cell; (ok, message). The config is written to cell.yaml first."""
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    (cell.dir / "cell.yaml").write_text(yaml.safe_dump(cell.config, sort_keys=False), encoding="utf-8")
+    in_process = in_process or model_factory is not None
+    (cell.dir / "runner.json").write_text(json.dumps({"in_process": in_process}))
+    if in_process:
+        cfg = load_config(cell.dir / "cell.yaml")
+        try:
+            run_cell_in_process(cfg, model_factory, dev_at_start)
+        except Exception as e:  # one failed cell must not stop the study
+            return False, f"{type(e).__name__}: {e}"
+        return True, ""
+    cmd = [sys.executable, "-m", "hyft.compare", "--cell", str(cell.dir / "cell.yaml")]
+    if not dev_at_start:
+        cmd.append("--no_dev_at_start")
+    with open(cell.dir / "log.txt", "w", encoding="utf-8") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env()).returncode
+    if rc != 0:
+        tail = (cell.dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        return False, f"exit {rc}: {tail[0] if tail else ''} (see {cell.dir / 'log.txt'})"
+    return True, ""
+
+
+# -- results -------------------------------------------------------------------------------------------------------
+def read_curve(d: Path) -> list[dict[str, Any]]:
+    p = d / "curve.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
+    """One CSV row from a finished cell's run.json and curve.jsonl."""
+    run = json.loads((cell.dir / "run.json").read_text(encoding="utf-8"))
+    curve = read_curve(cell.dir)
+    dev = [r for r in curve if r.get("split") == "dev"]
+    test = [r for r in curve if r.get("split") == "test"]
+    steps = int(run["steps"])
+    best = max(dev, key=lambda r: (r["value"], -r["step"])) if dev else None
+    hit = next((r for r in dev if target is not None and r["value"] >= target - 1e-12), None)
+    train_s = max((r["train_s"] for r in curve), default=float("nan"))
+    device = str(run.get("device", "cpu"))
+    runner = cell.dir / "runner.json"
+    shared = runner.is_file() and json.loads(runner.read_text()).get("in_process", False)
+    memory_kind = "cuda_max_allocated" if device.startswith("cuda") else "peak_rss" + ("_process" if shared else "")
+    return {
+        "task": cell.task,
+        "method": cell.method,
+        "seed": cell.seed,
+        "status": "ok",
+        "steps": steps,
+        "final_test": run["final"].get("test", test[-1]["value"] if test else None),
+        "final_dev": run["final"].get("dev"),
+        "best_dev": best["value"] if best else None,
+        "best_dev_step": best["step"] if best else None,
+        "target": target,
+        "steps_to_target": hit["step"] if hit else None,
+        "seconds_to_target": round(hit["train_s"], 3) if hit else None,
+        "wall_time_s": run["wall_time_s"],
+        "train_time_s": round(train_s, 3),
+        "time_per_step_s": round(train_s / steps, 4) if steps else None,
+        "peak_memory_mb": round(run["peak_memory_bytes"] / 2**20, 1),
+        "memory_kind": memory_kind,
+        "forwards_per_step": run["forwards_per_step"],
+        "backwards_per_step": run["backwards_per_step"],
+        "trainable_params": run["params"]["fo_params"],
+        "zo_params": run["params"]["zo_params"],
+        "n_dev": dev[-1]["n"] if dev else 0,
+        "n_test": test[-1]["n"] if test else 0,
+        "metric": (dev or test or [{}])[-1].get("metric", "accuracy"),
+    }
+
+
+def targets(spec: CompareSpec, cells: list[Cell]) -> dict[tuple[str, int], float | None]:
+    """The target accuracy per (task, seed): a fixed number, or the target method's final dev accuracy."""
+    out: dict[tuple[str, int], float | None] = {}
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            if isinstance(spec.target, float):
+                out[task, seed] = spec.target
+                continue
+            ref = next((c for c in cells if (c.task, c.method, c.seed) == (task, spec.target, seed) and c.done), None)
+            dev = json.loads((ref.dir / "run.json").read_text())["final"].get("dev") if ref else None
+            out[task, seed] = dev
+    return out
+
+
+def collect(spec: CompareSpec, failures: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    cells = spec.cells()
+    tg = targets(spec, cells)
+    rows = []
+    for c in cells:
+        if c.done:
+            rows.append(cell_row(c, tg[c.task, c.seed]))
+        else:
+            status = "failed" if failures and c.key in failures else "missing"
+            rows.append({"task": c.task, "method": c.method, "seed": c.seed, "status": status})
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in CSV_FIELDS})
+
+
+def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
+    from hyft.report import fmt_mean_std, markdown_table, mean_std
+
+    lines = ["# Comparison", ""]
+    tdesc = (f"a fixed dev accuracy of {spec.target}" if isinstance(spec.target, float)
+             else f"the final dev accuracy of `{spec.target}` for the same task and seed" if spec.target
+             else "none")  # fmt: skip
+    lines += [f"Mean ± sample std over seeds {spec.seeds}. Target: {tdesc}. Steps and seconds to target average the",
+              "seeds that reached it (`reached` says how many); seconds are training time only (evaluation excluded).",
+              ""]  # fmt: skip
+    headers = ["method", "test", "best dev", "final dev", "steps to target", "s to target", "reached", "s/step",
+               "peak MB", "F/B per step", "trainable", "ZO params", "steps"]  # fmt: skip
+    for task in spec.tasks:
+        table = []
+        for v in spec.methods:
+            rs = [r for r in rows if r["task"] == task and r["method"] == v.name and r["status"] == "ok"]
+            if not rs:
+                table.append([v.name] + ["—"] * (len(headers) - 1))
+                continue
+            col = _column(rs)
+            reached = [r for r in rs if r["steps_to_target"] is not None]
+            mem, _, _ = mean_std(col("peak_memory_mb"))
+            table.append([
+                v.name, fmt_mean_std(col("final_test")), fmt_mean_std(col("best_dev")), fmt_mean_std(col("final_dev")),
+                fmt_mean_std([r["steps_to_target"] for r in reached], 1),
+                fmt_mean_std([r["seconds_to_target"] for r in reached], 1),
+                f"{len(reached)}/{len(rs)}" if rs[0]["target"] is not None else "—",
+                fmt_mean_std(col("time_per_step_s"), 2), f"{mem:.0f}",
+                f"{rs[0]['forwards_per_step']}/{rs[0]['backwards_per_step']}",
+                f"{rs[0]['trainable_params']:,}", f"{rs[0]['zo_params']:,}", rs[0]["steps"],
+            ])  # fmt: skip
+        metric = next((r["metric"] for r in rows if r["task"] == task and r.get("metric")), "accuracy")
+        lines += [f"## {task} ({metric})", "", markdown_table(headers, table), ""]
+    missing = [r for r in rows if r["status"] != "ok"]
+    if missing:
+        lines += ["Not finished: " + ", ".join(f"{r['task']}/{r['method']}/seed{r['seed']} ({r['status']})"
+                                             for r in missing), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _column(rs: list[dict[str, Any]]) -> Callable[[str], list[Any]]:
+    return lambda k: [r[k] for r in rs]
+
+
+def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
+    from hyft.report import plot_curves
+
+    out = []
+    for task in spec.tasks:
+        dev: dict[str, list] = {}
+        loss: dict[str, list] = {}
+        for c in spec.cells():
+            if c.task != task or not c.done:
+                continue
+            curve = read_curve(c.dir)
+            dev.setdefault(c.method, []).append(
+                [(r["step"], r["train_s"], r["value"]) for r in curve if r.get("split") == "dev"]
+            )
+            loss.setdefault(c.method, []).append([(r["step"], r["train_s"], r["loss"]) for r in curve if "loss" in r])
+        if not dev:
+            continue
+        tg = [r["target"] for r in rows if r["task"] == task and r.get("target") is not None]
+        target = sum(tg) / len(tg) if tg else None
+        steps = max(r["steps"] for r in rows if r["task"] == task and r["status"] == "ok")
+        title = f"{task}: mean over seeds {spec.seeds} (band: ± std)"
+        out.append(plot_curves(spec.out / "plots" / f"{task}.png", title, dev, loss, target=target,
+                               smooth_window=max(1, steps // 20)))  # fmt: skip
+    return out
+
+
+def write_reports(spec: CompareSpec, failures: dict[str, str] | None = None) -> dict[str, Path]:
+    rows = collect(spec, failures)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, spec.out / "compare.csv")
+    (spec.out / "compare.md").write_text(markdown(spec, rows), encoding="utf-8")
+    (spec.out / "compare.json").write_text(json.dumps({"rows": rows, "failures": failures or {}}, indent=1))
+    pngs = plots(spec, rows)
+    return {"csv": spec.out / "compare.csv", "markdown": spec.out / "compare.md", "plots": pngs}
+
+
+def save_spec(spec: CompareSpec) -> None:
+    spec.out.mkdir(parents=True, exist_ok=True)
+    doc = {"base": spec.base, "methods": {v.name: v.overrides for v in spec.methods}, "tasks": spec.tasks,
+           "seeds": spec.seeds, "target": spec.target, "eval_every": spec.eval_every}  # fmt: skip
+    (spec.out / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+
+def run_compare(
+    spec: CompareSpec,
+    *,
+    model_factory: Callable[[Config], tuple[Any, Any]] | None = None,
+    in_process: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every unfinished cell in order, then write compare.csv, compare.md, compare.json and plots/."""
+    save_spec(spec)
+    cells = spec.cells()
+    for c in cells:  # a finished cell run with another config is not silently reused
+        if c.done and (c.dir / "cell.yaml").is_file():
+            old = yaml.safe_load((c.dir / "cell.yaml").read_text(encoding="utf-8"))
+            if old != yaml.safe_load(yaml.safe_dump(c.config, sort_keys=False)):
+                raise ConfigError(
+                    f"{c.dir}: finished with a different config than this comparison asks for; delete it or use "
+                    "another --out"
+                )
+    failures: dict[str, str] = {}
+    ran = skipped = 0
+    for i, c in enumerate(cells, 1):
+        if c.done:
+            skipped += 1
+            log(f"[hyft] {i}/{len(cells)} {c.key}: finished earlier, skipped")
+            continue
+        t0 = time.perf_counter()
+        log(f"[hyft] {i}/{len(cells)} {c.key}: running")
+        ok, msg = run_cell(c, dev_at_start=spec.eval_start, model_factory=model_factory, in_process=in_process)
+        ran += 1
+        if ok:
+            log(f"[hyft] {i}/{len(cells)} {c.key}: done in {time.perf_counter() - t0:.0f} s")
+        else:
+            failures[c.key] = msg
+            log(f"[hyft] {i}/{len(cells)} {c.key}: FAILED {msg}")
+        write_reports(spec, failures)  # partial results after every cell
+    paths = write_reports(spec, failures)
+    return {"ran": ran, "skipped": skipped, "failures": failures, **paths}
+
+
+# -- `python -m hyft.compare --cell cell.yaml`: the subprocess entry point ------------------------------------------
+def _cell_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m hyft.compare")
+    p.add_argument("--cell", required=True)
+    p.add_argument("--no_dev_at_start", action="store_true")
+    args = p.parse_args(argv)
+    cfg = load_config(args.cell)
+    info = run_cell_in_process(cfg, None, not args.no_dev_at_start)
+    print(f"[hyft] cell done: steps {info['steps']}, final {info['final']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cell_main(sys.argv[1:]))

@@ -1,0 +1,235 @@
+import csv
+import json
+
+import pytest
+import yaml
+
+from conftest import byte_tokenizer, tiny_model
+from hyft.cli import main
+from hyft.compare import load_spec, parse_variant, run_compare
+from hyft.errors import ConfigError
+
+DATA = "tests/fixtures/data"
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_model("llama", seed=1).save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
+    return d
+
+
+def base_config(path, model_dir, **compare):
+    cfg = {
+        "model": {"name": str(model_dir), "device": "cpu"},
+        "zo": {"lr": 1.0e-3},
+        "fo": {"lr": 0.05},
+        "data": {"data_dir": DATA, "n_train": 16, "n_dev": 4, "n_test": 8, "max_length": 64},
+        "train": {"steps": 4, "batch_size": 4, "log_every": 4},
+    }
+    if compare:
+        cfg["compare"] = compare
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _rows(out):
+    with open(out / "compare.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_two_methods_two_seeds_then_resume(saved_model, tmp_path, capsys):
+    cfg = base_config(tmp_path / "c.yaml", saved_model)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--config", str(cfg), "--methods", "hybrid-prefix,lora", "--seeds", "0,1", "--out", str(out),
+            "--eval_every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("lora", "0"),
+        ("hybrid-prefix", "0"),
+        ("lora", "1"),
+        ("hybrid-prefix", "1"),
+    ]  # lora first: it sets the target
+    for r in rows:
+        assert r["status"] == "ok" and r["steps"] == "4" and r["task"] == "sst2"
+        assert 0 <= float(r["final_test"]) <= 1 and float(r["best_dev"]) >= float(r["final_dev"])
+        assert float(r["peak_memory_mb"]) > 0 and r["memory_kind"] == "peak_rss"
+        assert float(r["time_per_step_s"]) > 0 and float(r["train_time_s"]) <= float(r["wall_time_s"]) + 1e-6
+        assert r["n_dev"] == "4" and r["n_test"] == "8" and int(r["trainable_params"]) > 0
+        lora = next(x for x in rows if x["method"] == "lora" and x["seed"] == r["seed"])
+        assert r["target"] == lora["final_dev"]  # the target is lora's final dev accuracy, same seed
+        cell = out / "cells" / "sst2" / r["method"] / f"seed{r['seed']}"
+        curve = [json.loads(x) for x in (cell / "curve.jsonl").read_text().splitlines()]
+        dev = [c for c in curve if c.get("split") == "dev"]
+        assert [c["step"] for c in dev] == [0, 2, 4] and [c["step"] for c in curve if "loss" in c] == [1, 2, 3, 4]
+        hit = next((c for c in dev if c["value"] >= float(r["target"])), None)
+        assert (r["steps_to_target"] or None) == (str(hit["step"]) if hit else None)
+        if hit:
+            assert float(r["seconds_to_target"]) == pytest.approx(hit["train_s"], abs=1e-3)
+        # The cell's own config reproduces it with `hyft train --config cell.yaml`.
+        assert yaml.safe_load((cell / "cell.yaml").read_text())["train"]["output_dir"] == str(cell)
+    for r in rows:
+        if r["method"] == "lora":
+            assert r["steps_to_target"] != "" and int(r["zo_params"]) == 0
+            assert (r["forwards_per_step"], r["backwards_per_step"]) == ("1", "1")
+        else:
+            assert int(r["zo_params"]) > 0 and (r["forwards_per_step"], r["backwards_per_step"]) == ("2", "1")
+    md = (out / "compare.md").read_text()
+    assert "## sst2 (accuracy)" in md and "| lora |" in md and "| hybrid-prefix |" in md and " ± " in md
+    png = (out / "plots" / "sst2.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    capsys.readouterr()
+
+    # Rerun: every cell is finished, nothing is trained, outputs are rebuilt identically.
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/*/run.json")}
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ran 0 cell(s), skipped 4 finished" in printed
+    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/*/run.json")} == stamp
+    assert _rows(out) == rows
+
+    # A cell that did not finish is run again, and only that one.
+    (out / "cells" / "sst2" / "hybrid-prefix" / "seed1" / "run.json").unlink()
+    assert main(argv) == 0
+    assert "ran 1 cell(s), skipped 3 finished" in capsys.readouterr().out
+
+    # A finished cell is never silently reused under a different config.
+    argv2 = [*argv, "--train.batch_size", "2"]
+    assert main(argv2) == 2
+    assert "finished with a different config" in capsys.readouterr().err
+
+
+def test_in_process_with_model_factory_and_yaml_variants(tmp_path):
+    cfg = base_config(
+        tmp_path / "c.yaml", "unused-because-of-the-factory",
+        methods=["lora", "fast-lora"], seeds=[0], target=0.0,
+        variants={"fast-lora": {"base": "lora", "fo": {"lr": 0.2}}},
+    )  # fmt: skip
+    spec = load_spec(cfg, out=str(tmp_path / "o"))
+    made = []
+
+    def factory(c):
+        made.append(c.fo.lr)
+        return tiny_model("llama"), byte_tokenizer()
+
+    res = run_compare(spec, model_factory=factory, log=lambda s: None)
+    assert res["ran"] == 2 and not res["failures"] and made == [0.05, 0.2]
+    rows = _rows(tmp_path / "o")
+    assert all(r["status"] == "ok" and r["steps_to_target"] == "0" for r in rows)  # target 0: reached at step 0
+    assert all(r["memory_kind"] == "peak_rss_process" for r in rows)  # in one process RSS is not per cell
+
+
+def test_failed_cell_is_reported_and_the_study_goes_on(tmp_path):
+    cfg = base_config(tmp_path / "c.yaml", "x", methods=["lora", "ft"], seeds=[0])
+    spec = load_spec(cfg, out=str(tmp_path / "o"))
+
+    def factory(c):
+        if c.method == "ft":
+            raise RuntimeError("boom")
+        return tiny_model("llama"), byte_tokenizer()
+
+    res = run_compare(spec, model_factory=factory, log=lambda s: None)
+    assert list(res["failures"]) == ["sst2/ft/seed0"] and "boom" in res["failures"]["sst2/ft/seed0"]
+    statuses = {r["method"]: r["status"] for r in _rows(tmp_path / "o")}
+    assert statuses == {"lora": "ok", "ft": "failed"}
+    assert "sst2/ft/seed0 (failed)" in (tmp_path / "o" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "spec,want",
+    [
+        ("lora", {"method": "lora"}),
+        ("lora-adamw", {"method": "lora", "fo": {"optimizer": "adamw"}}),
+        ("hybrid-prefix", {"method": "hybrid", "peft": {"type": "prefix"}}),
+        (
+            "hybrid-prefix-adamw-central",
+            {
+                "method": "hybrid",
+                "peft": {"type": "prefix"},
+                "fo": {"optimizer": "adamw"},
+                "zo": {"schedule": "central"},
+            },
+        ),  # fmt: skip
+        ("zo-lora", {"method": "zo-lora"}),
+        ("zo-lora-onesided", {"method": "zo-lora", "zo": {"schedule": "onesided"}}),
+        (
+            "h6=hybrid-prefix+zo.lr=1e-6+fo.lr=0.001",
+            {"method": "hybrid", "peft": {"type": "prefix"}, "zo": {"lr": 1e-6}, "fo": {"lr": 0.001}},
+        ),  # fmt: skip
+        ("mine", {"method": "hybrid", "zo": {"mu": 0.01}}),
+        ("lora-big", {"method": "lora", "peft": {"r": 16}}),
+        ("ft", {"method": "ft", "fo": {"lr": 1e-5}}),
+    ],
+)
+def test_method_variant_syntax(spec, want):
+    variants = {
+        "mine": {"method": "hybrid", "zo.mu": 0.01},
+        "lora-big": {"base": "lora", "peft": {"r": 16}},
+        "ft": {"base": "ft", "fo.lr": 1e-5},  # refines the built-in name of the same name
+    }
+    assert parse_variant(spec, variants).overrides == want
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("lorax", "not a preset"),
+        ("lora-fast", "unknown suffix 'fast'"),
+        ("hybrid+zo.lr=1", "give an inline variant a name"),
+        ("x=hybrid+zo.lr", "expected key=value"),
+        ("x=nope+zo.lr=1", "not a preset"),
+        ("loop", "in a loop"),
+        ("nomethod", "give a `method:` or a `base:`"),
+    ],
+)
+def test_bad_variants(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_variant(spec, {"loop": {"base": "pool"}, "pool": {"base": "loop"}, "nomethod": {"fo.lr": 1}})
+
+
+def test_bad_specs_fail_before_training(tmp_path, capsys):
+    cfg = base_config(tmp_path / "c.yaml", "x")
+    cases = [
+        (["--methods", "hybrid"], "target: 'lora' is not among the methods"),
+        (["--methods", "lora,lora"], "given twice"),
+        (["--methods", "lora,mezo-prefix"], "uses 'none', not 'prefix'"),
+        (["--methods", "lora", "--zo.lrr", "1"], "did you mean 'lr'"),
+        (["--methods", "lora", "--seeds", "a"], "seeds: expected integers"),
+    ]
+    for extra, message in cases:
+        assert main(["compare", "--config", str(cfg), "--out", str(tmp_path / "o"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_study_config_is_valid():
+    spec = load_spec("examples/compare_smollm2.yaml", overrides=["--data.data_dir", DATA])
+    assert [v.name for v in spec.methods] == ["lora", "lora-adamw", "ft", "mezo", "zo-lora", "hybrid-lora",
+                                             "hybrid-prefix"]  # fmt: skip
+    cells = spec.cells()
+    assert len(cells) == 7 * 4 * 2 and cells[0].method == "lora"
+    by = {c.method: c.config for c in cells if c.task == "rte" and c.seed == 1}
+    assert by["hybrid-prefix"]["peft"]["type"] == "prefix" and by["hybrid-prefix"]["zo"]["lr"] == 1e-6
+    assert by["ft"]["fo"] == {"optimizer": "adamw", "lr": 1e-5} and by["zo-lora"]["zo"]["mu"] == 1e-2
+    assert by["lora"]["fo"]["optimizer"] == "sgd" and by["lora-adamw"]["fo"]["optimizer"] == "adamw"
+
+
+def test_run_compare_script(saved_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HYFT_DATA_DIR": DATA, "MODEL": str(saved_model), "PYTHON": sys.executable}
+    out = tmp_path / "study"
+    args = ["bash", "benchmarks/run_compare.sh", str(out), "--tasks", "sst2", "--seeds", "0", "--methods",
+            "lora,hybrid-lora", "--train.steps", "2", "--data.n_train", "8", "--data.n_dev", "4", "--data.n_test", "4",
+            "--data.max_length", "64", "--eval_every", "1", "--in_process"]  # fmt: skip
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} >= {"env.txt", "compare.log", "compare.csv", "compare.md", "plots", "cells"}
+    assert f"model: {saved_model}" in (out / "env.txt").read_text()
+    assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    bad = subprocess.run(args, env={**env, "HYFT_DATA_DIR": str(tmp_path)}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "set HYFT_DATA_DIR" in bad.stderr
