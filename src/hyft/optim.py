@@ -168,6 +168,15 @@ class HybridOptimizer(torch.optim.Optimizer):
             self._apply_zo(self._grads / (self._micro * self.queries))
             self._grads, self._micro = None, 0
 
+    def _zo_state(self, t: ZOTensor) -> dict[str, Any]:
+        """One ZO tensor's state, its fp32 master and momentum buffer created on first use."""
+        state = self.state[t.param]
+        if self.fp32_master and "master" not in state:
+            state["master"] = t.param.detach().float().clone()
+        if self.zo_group["momentum"] and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
+        return state
+
     def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
         group = self.zo_group
         step = self.zo_step if step is None else step
@@ -176,11 +185,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             return
         directions = [Direction(self.seed, step, j, self.distribution) for j in range(len(coeffs))]
         for t in self.zo_tensors:
-            state = self.state[t.param]
-            if self.fp32_master and "master" not in state:
-                state["master"] = t.param.detach().float().clone()
-            if group["momentum"] and "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
+            state = self._zo_state(t)
             apply_update(
                 t,
                 directions,
@@ -202,11 +207,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         masters, moms = {}, {}
         if self.fp32_master or group["momentum"] or self.state:
             for t in self.zo_tensors:
-                state = self.state[t.param]
-                if self.fp32_master and "master" not in state:
-                    state["master"] = t.param.detach().float().clone()
-                if group["momentum"] and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
+                state = self._zo_state(t)
                 if "master" in state:
                     masters[id(t.param)] = state["master"]
                 if "momentum_buffer" in state:
