@@ -121,6 +121,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:3]}")
         if mode == "torch" or not self.zo_tensors:
             return None
+        if mode == "auto" and self.zo_tensors[0].param.device.type != "cuda":
+            return None  # auto means CUDA only: Triton's CPU interpreter (TRITON_INTERPRET=1) is for tests
         backend = "emulate" if mode == "emulate" else "triton"
         reason = zk.unavailable_reason(
             self.zo_tensors, backend=backend, rounding=self.rounding, fp32_master=self.fp32_master
