@@ -131,11 +131,11 @@ def test_out_of_memory_names_the_phase_and_the_knobs(tmp_path, monkeypatch, phas
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return _OOMBackward.apply(out) if phase == "FO backward" and torch.is_grad_enabled() else out
 
-    def predict(*a, **k):
+    def evaluate_examples(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
     monkeypatch.setattr(hyft.scoring, "loss", loss)
-    monkeypatch.setattr(hyft.trainer, "predict", predict)
+    monkeypatch.setattr(hyft.trainer, "evaluate_examples", evaluate_examples)
     model = save_tiny(tmp_path / "tiny")
     args = base_args(tmp_path / "run", extra=["--model.name", str(model)])
     if phase == "eval":
