@@ -560,7 +560,7 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
         steps = max(r["steps"] for r in rows if r["task"] == task and r["status"] == "ok")
         title = f"{task}: mean over seeds {spec.seeds} (band: ± std)"
         out.append(plot_curves(spec.out / "plots" / f"{task}.png", title, dev, loss, target=target,
-                               smooth_window=max(1, steps // 20)))  # fmt: skip
+                               smooth_window=max(1, steps // 20, min(3, steps))))  # fmt: skip
     return out
 
 

@@ -89,6 +89,17 @@ def average_curves(curves: Sequence[Sequence[tuple[float, float, float]]]) -> li
     return out
 
 
+_DASHES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "D", "^", "v", "<", ">", "P", "X", "*")
+
+
+def line_styles(methods: Sequence[str], colors: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """method -> (colour, dash pattern, marker), fixed by first appearance; distinct for up to 10 methods."""
+    names = list(dict.fromkeys(methods))
+    return {m: (colors[i % len(colors)], _DASHES[i % len(_DASHES)], _MARKERS[i % len(_MARKERS)])
+            for i, m in enumerate(names)}  # fmt: skip
+
+
 def plot_curves(
     path: Path,
     title: str,
@@ -101,8 +112,11 @@ def plot_curves(
     """One PNG with four panels, one line per method (mean over seeds, band = ± std): dev accuracy and training
     loss, each against steps and against training seconds."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
     panels = [(dev, "dev accuracy", 0), (loss, "training loss", 1)]
+    # Methods that learn the same thing (e.g. hybrid at a tiny ZO lr and its FO-PEFT twin) draw on top of each
+    # other: a fixed colour, dash pattern and marker per method keeps every line findable.
+    style = line_styles([*dev, *loss], plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for data, ylabel, row in panels:
         for col, xlabel in enumerate(("steps", "training seconds")):
             ax = axes[row][col]
@@ -115,7 +129,9 @@ def plot_curves(
                 sd = [p[3] for p in pts]
                 if row == 1 and smooth_window > 1:
                     ys, sd = smooth(ys, smooth_window), smooth(sd, smooth_window)
-                (line,) = ax.plot(xs, ys, label=method, marker="o" if row == 0 else None, markersize=3)
+                color, dash, marker = style[method]
+                (line,) = ax.plot(xs, ys, label=method, color=color, linestyle=dash,
+                                  marker=marker if row == 0 else None, markersize=4, linewidth=1.4)  # fmt: skip
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
                                 color=line.get_color(), alpha=0.15, linewidth=0)  # fmt: skip
             if row == 0 and target is not None:
@@ -124,9 +140,10 @@ def plot_curves(
             ylab = ylabel if row == 0 or smooth_window <= 1 else f"{ylabel} (moving average of {smooth_window} steps)"
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.87, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
