@@ -44,6 +44,13 @@ def tiny_model(kind: str = "llama", dtype=torch.float32, seed: int = 0, vocab: i
     return model.to(dtype)
 
 
+def save_tiny_model(path, seed: int = 0):
+    """The tiny Llama and the byte tokenizer saved like any HF model directory (what `model.name` can point at)."""
+    tiny_model("llama", seed=seed).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return byte_tokenizer()

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from conftest import byte_tokenizer, tiny_model
+from conftest import byte_tokenizer, save_tiny_model, tiny_model
 from hyft.cli import main
 from hyft.compare import load_spec, parse_variant, run_compare
 from hyft.errors import ConfigError
@@ -14,10 +14,7 @@ DATA = "tests/fixtures/data"
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model("llama", seed=1).save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=1)
 
 
 def base_config(path, model_dir, **compare):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import byte_tokenizer, tiny_model
+from conftest import save_tiny_model
 from hyft import tasks
 from hyft.cli import main
 from hyft.config import ModelConfig, load_config
@@ -17,10 +17,7 @@ DATA = "tests/fixtures/data"
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny random model and the byte tokenizer saved like any HF model directory."""
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model("llama", seed=3).save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=3)
 
 
 def _direct_accuracy(model_dir, seed, n_test, calibrate=False):

@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from conftest import byte_tokenizer, tiny_model
+from conftest import byte_tokenizer, save_tiny_model, tiny_model
 from hyft.cli import main
 from hyft.config import load_config
 from hyft.errors import ConfigError, HyftError
@@ -96,9 +96,7 @@ def test_grid_and_random_points():
 
 
 def test_cli_sweep_on_a_saved_model(tmp_path, capsys):
-    model_dir = tmp_path / "model"
-    tiny_model("llama").save_pretrained(model_dir)
-    byte_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "model")
     cfg = base()
     cfg["model"]["name"] = str(model_dir)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

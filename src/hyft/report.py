@@ -130,10 +130,10 @@ def plot_curves(
                 if row == 1 and smooth_window > 1:
                     ys, sd = smooth(ys, smooth_window), smooth(sd, smooth_window)
                 color, dash, marker = style[method]
-                (line,) = ax.plot(xs, ys, label=method, color=color, linestyle=dash,
-                                  marker=marker if row == 0 else None, markersize=4, linewidth=1.4)  # fmt: skip
+                ax.plot(xs, ys, label=method, color=color, linestyle=dash,
+                        marker=marker if row == 0 else None, markersize=4, linewidth=1.4)  # fmt: skip
                 ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)],
-                                color=line.get_color(), alpha=0.15, linewidth=0)  # fmt: skip
+                                color=color, alpha=0.15, linewidth=0)  # fmt: skip
             if row == 0 and target is not None:
                 ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
             ax.set_xlabel(xlabel)

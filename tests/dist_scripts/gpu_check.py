@@ -17,7 +17,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
 import torch  # noqa: E402
 
-from conftest import byte_tokenizer, tiny_model  # noqa: E402
+from conftest import byte_tokenizer, save_tiny_model, tiny_model  # noqa: E402
 from hyft.config import load_config  # noqa: E402
 from hyft.dist import full_state_dict  # noqa: E402
 from hyft.trainer import Trainer  # noqa: E402
@@ -94,8 +94,7 @@ def main() -> None:
     p.add_argument("--save-tiny", help="save the tiny Llama and byte tokenizer to this directory and exit")
     a = p.parse_args()
     if a.save_tiny:
-        tiny_model("llama").save_pretrained(a.save_tiny)
-        byte_tokenizer().save_pretrained(a.save_tiny)
+        save_tiny_model(a.save_tiny)
         return
     bf16 = torch.bfloat16
     case("ddp-tiny-hybrid", "ddp", tiny_model("llama", dtype=bf16))
