@@ -118,6 +118,28 @@ class TrainConfig:
     report_to: list[str] = _f([], "metric sinks besides metrics.jsonl: tensorboard (writes OUTPUT_DIR/tensorboard)")
     max_bad_steps: int = _f(3, "stop after K consecutive steps with a non-finite loss or ZO gradient (each skipped)")
     loss_bound: float | None = _f(None, "stop the run when the training loss exceeds this (null: no bound)")
+    probe_every: int = _f(
+        0,
+        "every N steps, measure what the ZO half does on a fixed probe batch (exact <grad_x f, z> vs the estimate, "
+        "who moved the loss, base drift, curvature and the step-size scales it implies; docs/probes.md). 0: off",
+    )
+    probe_batch: int = _f(0, "probe batch size, drawn once from the training split (0: train.batch_size)")
+    probe_directions: int = _f(
+        0, "extra random directions per probe step, for the estimator's relative error and variance (2 forwards each)"
+    )
+    probe_drift: str = _f(
+        "ledger",
+        "base drift |x_t - x_0| / |x_0|: ledger (estimate from the seed ledger, no memory) or exact (keeps a copy of "
+        "the ZO tensors' starting values)",
+        choices=("ledger", "exact"),
+    )
+    ablate_zo: str = _f(
+        "auto",
+        "at the end of a hybrid run, also evaluate the trained PEFT module on the original base and report the "
+        "difference in points: auto (on when the original can be had without a second copy on an accelerator), "
+        "true, false",
+        choices=("auto", "true", "false"),
+    )
 
 
 @dataclass
@@ -198,7 +220,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
     elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML reads true/false (and yes/no, on/off) as booleans
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
             return str(value)
     elif origin is list:
         if isinstance(value, str):
@@ -345,8 +369,21 @@ def describe(cls=Config, prefix: str = "") -> list[str]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             tname = getattr(tp, "__name__", str(tp)).replace("typing.", "")
-            lines.append(f"  --{prefix}{f.name} {tname} (default {default!r}): {f.metadata.get('help', '')}")
+            choices = f" [{'|'.join(map(str, f.metadata['choices']))}]" if "choices" in f.metadata else ""
+            lines.append(f"  --{prefix}{f.name} {tname}{choices} (default {default!r}): {f.metadata.get('help', '')}")
     return lines
+
+
+def field_choices(cls=Config, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> allowed values, for every field that declares `choices` (validation reads them from here)."""
+    out: dict[str, tuple] = {}
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            out.update(field_choices(tp, f"{prefix}{f.name}."))
+        elif "choices" in f.metadata:
+            out[f"{prefix}{f.name}"] = tuple(f.metadata["choices"])
+    return out
 
 
 def save_config(cfg: Config, path: Path) -> None:

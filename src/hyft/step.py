@@ -58,16 +58,20 @@ def hybrid_step(
     reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     accept: Callable[[StepResult], bool] | None = None,
     no_sync: Callable[[], object] | None = None,
+    update: Callable[[tuple[str, ...]], None] | None = None,
 ) -> StepResult:
     """Run one step over `micro_batches` (gradient accumulation shares one ZO direction) and update both groups.
 
     accept(result) may veto the update (e.g. a non-finite loss): then nothing changes and the step key does not
     advance. no_sync() is a context that suppresses DDP gradient all-reduce for all but the last micro-batch.
+    update(groups) applies the update of those groups (default opt.step(groups=groups)); the probe (probe.py) passes
+    one that measures the loss between the groups' parts.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
     has_fo, has_zo = opt.fo is not None, bool(opt.zo_tensors)
     k = len(micro_batches)
+    apply = update if update is not None else (lambda groups: opt.step(groups=groups))
     counts = {"F": 0, "B": 0}
     device = next(iter(opt.param_groups[0]["params"])).device
     dropout_seed = mix(DATA, opt.seed, opt.zo_step, 7) if dropout == "shared" else None
@@ -116,7 +120,7 @@ def hybrid_step(
         result = StepResult(reduce(torch.stack(losses).mean().float()), None, counts["F"], counts["B"])
         if accept is not None and not accept(result):
             return _discard(opt, result, counts)
-        opt.step(groups=("fo",))
+        apply(("fo",))
         opt.zero_grad()
         zo_grads, _ = zo_pass("central", [None] * k)
     elif has_zo:
@@ -130,7 +134,7 @@ def hybrid_step(
     result = StepResult(reduce(loss.float()), zo_grads, counts["F"], counts["B"])
     if accept is not None and not accept(result):
         return _discard(opt, result, counts)
-    opt.step(groups=("zo",) if schedule == "alternating" and both else ("fo", "zo"))
+    apply(("zo",) if schedule == "alternating" and both else ("fo", "zo"))
     opt.zero_grad()
     return result
 

@@ -10,7 +10,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from hyft.methods import Method, resolve
 from hyft.models import adapter_parameters, attach_peft, load_model, output_head
 from hyft.optim import HybridOptimizer
 from hyft.partition import Partition, partition
+from hyft.probe import PROBE, Probe, summarize, swapped
 from hyft.schedule import lr_factor
 from hyft.step import StepResult, hybrid_step, step_counts
 from hyft.zo.rng import DATA, mix
@@ -154,6 +155,7 @@ class Trainer:
         self.dist = hdist.setup(cfg)  # process group and this rank's device; refuses unsupported setups
         self.is_main = self.dist.is_main  # only rank 0 prints and writes files
         torch.manual_seed(cfg.seed)  # peft initialises adapters from the global RNG
+        self._own_model = model is None  # then the original base can be loaded again (the ZO ablation)
         if model is None:
             model, tokenizer = load_model(self.dist.model_config(cfg.model))
         self.tokenizer = tokenizer
@@ -190,8 +192,24 @@ class Trainer:
         self.phase = "setup"  # what runs now, for out-of-memory messages
         self._signals: list[int] = []
         self._tb = None
+        self.probe = self.make_probe() if cfg.train.probe_every else None
+        self.ablation: dict[str, Any] | None = None
 
     # -- pieces -------------------------------------------------------------------------------------------------------
+    def make_probe(self) -> Probe:
+        """The probe (probe.py) on a fixed batch drawn once from the training split, from its own seeded stream."""
+        t = self.cfg.train
+        n = len(self.encoded["train"])
+        g = torch.Generator().manual_seed(mix(DATA, self.cfg.seed, PROBE))
+        idx = torch.randperm(n, generator=g)[: t.probe_batch or t.batch_size].tolist()
+        batch = scoring.collate([self.encoded["train"][i] for i in idx], self.tokenizer.pad_token_id,
+                                only_label=self.cfg.data.loss == "lm").to(self.device)  # fmt: skip
+        return Probe(
+            self.opt, self.model, lambda b: scoring.loss(self.model, self.head, b, self.cfg.data.loss), batch,
+            fo_params=self.partition.fo, extra_directions=t.probe_directions,
+            steps_per_epoch=math.ceil(n / t.batch_size), drift=t.probe_drift, head=self.head,
+        )  # fmt: skip
+
     def loss_fn(self, batch: scoring.Batch) -> torch.Tensor:
         grad = torch.is_grad_enabled()
         self.phase = "FO forward" if grad else "ZO forward"
@@ -257,17 +275,24 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         self.set_mode()
+        probing = self.probe is not None and (self.step + 1) % self.cfg.train.probe_every == 0
         try:
+            if probing:
+                self.phase = "probe"
+                self.probe.before_step()
             result = hybrid_step(
                 self.opt, self.loss_fn, self.next_micro_batches(),
                 schedule=self.method.schedule, dropout=self.cfg.train.dropout,
                 accept=self.loss_sync.wrap(self.accept), no_sync=hdist.no_sync(self.train_model),
+                update=self.probe.update if probing else None,
             )  # fmt: skip
         except torch.OutOfMemoryError as e:
             raise out_of_memory(self.phase, self.step + 1, self.device, e) from None
         if result.applied:
             self.scheduler.step()
         self.step += 1
+        if probing:
+            self.log({"step": self.step, **self.probe.after_step(result.zo_grads, result.applied)})
         return result
 
     def evaluate(self, split: str) -> dict[str, Any]:
@@ -295,6 +320,7 @@ class Trainer:
                 "window": {k: [t.detach().float().cpu().reshape(()) for t in v] for k, v in self.window.items()},
                 "evals": self.evals,
                 "rng": ckpt.rng_state(),
+                **({"probe": self.probe.state.state_dict()} if self.probe is not None else {}),
             },
             "optimizer": opt,
             "scheduler": self.scheduler.state_dict(),
@@ -309,6 +335,8 @@ class Trainer:
         self.window = {k: [t.to(self.device) for t in v] for k, v in tr["window"].items()}
         self.evals = list(tr["evals"])
         ckpt.set_rng_state(tr["rng"])
+        if self.probe is not None and "probe" in tr:
+            self.probe.state.load_state_dict(tr["probe"])
         self.opt.load_state_dict({**state["optimizer"], "ledger": ledger or []})
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -391,7 +419,67 @@ class Trainer:
             "final": {e["split"]: headline(e)[1] for e in evals if e["step"] == self.step},
             "skipped_steps": self.guard.skipped,
             "checkpoint": self.checkpoint_report(),
+            "probe": summarize(self.probe_rows(), self.opt) if self.probe is not None else None,
+            "ablation": self.ablation,
         }
+
+    def probe_rows(self) -> list[dict[str, Any]]:
+        """This run's probe records, read back from metrics.jsonl (so a resumed run reports all of them)."""
+        path = self.out / "metrics.jsonl"
+        if not self.is_main or not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "probe_applied" in row:
+                rows.append(row)
+        return rows
+
+    # -- would I have got this without the ZO half? --------------------------------------------------------------------
+    def original_base(self) -> list[torch.Tensor] | None:
+        """x_0 of every ZO tensor (in zo_tensors order), or None where it cannot be had cheaply.
+
+        From the probe's exact-drift copy if there is one, else by loading the model source again (on the CPU the
+        loaded tensors are used as they are; on an accelerator they are copied there, only with ablate_zo true).
+        """
+        zo = self.opt.zo_tensors
+        if self.probe is not None and self.probe.x0 is not None:
+            return [self.probe.x0[t.index] for t in zo]
+        if not self._own_model or (self.device.type != "cpu" and self.cfg.train.ablate_zo != "true"):
+            return None
+        original, _ = load_model(replace(self.dist.model_config(self.cfg.model), device="cpu"))
+        by_name = dict(original.named_parameters())
+        names = ckpt.base_names(self.model, adapter_parameters(self.model))
+        return [by_name[names[id(t.param)]].detach().to(self.device) for t in zo]
+
+    def ablate_zo(self, evals: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Evaluate the trained PEFT module on the original base too; the difference is what the ZO half added."""
+        mode = self.cfg.train.ablate_zo
+        if mode == "false" or not (self.opt.zo_tensors and self.opt.fo is not None):
+            return None
+        x0 = self.original_base()
+        if x0 is None:
+            why = "model passed in code" if not self._own_model else f"on {self.device.type}; pass train.ablate_zo true"
+            print(f"[hyft] ZO ablation skipped ({why})", file=sys.stderr)
+            return {"skipped": why}
+        final = {e["split"]: e for e in evals if e["step"] == self.step}
+        out: dict[str, Any] = {}
+        with swapped([t.param for t in self.opt.zo_tensors], x0):
+            for split, e in final.items():
+                name, updated = headline(e)
+                original = headline(self.evaluate(split))[1]
+                out[split] = {"metric": name, "updated_base": updated, "original_base": original,
+                              "zo_points": round(100 * (updated - original), 4)}  # fmt: skip
+        if self.is_main:
+            for split, r in out.items():
+                print(
+                    f"[hyft] ZO ablation {split}: {r['metric']} {r['updated_base']:.4f} with the updated base, "
+                    f"{r['original_base']:.4f} on the original base: {r['zo_points']:+.2f} points from the ZO half"
+                )
+        return out
 
     def checkpoint_report(self) -> dict[str, Any] | None:
         """Sizes of the last checkpoint: base tensors in safetensors vs the seed ledger that rebuilds the ZO ones."""
@@ -419,6 +507,10 @@ class Trainer:
                     evals.append(self.evaluate(split))
                     if self.is_main:
                         print(f"[hyft] step 0 {split} {summary(evals[-1])}")
+        if self.probe is not None and self.step == 0:
+            self.probe.start()
+        elif self.probe is not None and not self.probe.state.x0_sq_by_kind:
+            self.probe.start()  # resumed from a checkpoint written without probes: drift counts from here
         if self.opt.zo_tensors and self.step == 0:
             warn_if_perturbation_vanishes([t.param for t in self.opt.zo_tensors], cfg.zo.mu, cfg.zo.distribution)
         bar = _progress(cfg.train.steps, cfg.train.progress and self.is_main)
@@ -454,6 +546,11 @@ class Trainer:
                 evals.append(self.evaluate(split))
                 if self.is_main:
                     print(f"[hyft] step {self.step} {split} {summary(evals[-1])}")
+        self.ablation = self.ablate_zo(evals)
+        if self.ablation and "skipped" not in self.ablation:
+            self.log(
+                {"step": self.step, **{f"ablation_{s}_zo_points": r["zo_points"] for s, r in self.ablation.items()}}
+            )
         info = self.run_info(evals)
         if self.is_main:
             (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
@@ -503,7 +600,13 @@ _TB = {"loss": "train/loss", "epoch": "train/epoch", "forwards": "train/forwards
 def _tb_tag(key: str) -> str:
     if key in _TB:
         return _TB[key]
-    for prefix, section in (("zo_", "zo/"), ("lr_", "lr/"), ("eval_", "eval/")):
+    for prefix, section in (
+        ("zo_", "zo/"),
+        ("lr_", "lr/"),
+        ("eval_", "eval/"),
+        ("probe_", "probe/"),
+        ("ablation_", "ablation/"),
+    ):
         if key.startswith(prefix):
             return section + key[len(prefix) :]
     return f"train/{key}"

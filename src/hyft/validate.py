@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hyft.config import Config, explicitly_set, origin_of
+from hyft.config import Config, explicitly_set, field_choices, origin_of
 from hyft.errors import ConfigError
 from hyft.methods import Method, resolve
 
@@ -58,6 +58,9 @@ _RANGES = [
     ("train.keep_checkpoints", lambda v: v >= 0, "must be >= 0"),
     ("train.max_bad_steps", lambda v: v >= 1, "must be >= 1"),
     ("train.loss_bound", lambda v: v is None or v > 0, "must be > 0 or null"),
+    ("train.probe_every", lambda v: v >= 0, "must be >= 0"),
+    ("train.probe_batch", lambda v: v >= 0, "must be >= 0"),
+    ("train.probe_directions", lambda v: v >= 0, "must be >= 0"),
 ]
 
 
@@ -72,7 +75,7 @@ def _err(cfg: Config, key: str, message: str) -> ConfigError:
 
 def check_config(cfg: Config) -> Method:
     """Names, ranges and combinations; returns the resolved method."""
-    for key, allowed in ENUMS.items():
+    for key, allowed in {**ENUMS, **field_choices()}.items():
         value = _get(cfg, key)
         if value not in allowed:
             names = ", ".join(a for a in allowed if a is not None)
@@ -112,6 +115,8 @@ def check_config(cfg: Config) -> Method:
             "has no effect with train.dropout off (HF models checkpoint only in train mode, and dropout off runs "
             "eval mode); set --train.dropout shared",
         )
+    if t.probe_every and cfg.dist.strategy == "fsdp":
+        raise _err(cfg, "train.probe_every", "probes are not supported under FSDP2 (sharded base weights); pass 0")
     if t.save_every and not t.keep_checkpoints:
         raise _err(cfg, "train.save_every", f"{t.save_every} with train.keep_checkpoints 0 would write nothing")
     return method

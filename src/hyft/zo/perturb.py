@@ -91,7 +91,8 @@ def perturbed_value(t: ZOTensor, direction: Direction, scale: float) -> torch.Te
     """w + scale * z, computed in fp32 and rounded once to w's dtype (a new tensor; w is untouched)."""
     w = t.param.detach()
     # z's own buffer holds the sum: one fresh allocation per tensor, not three (large ones dominate CPU step time).
-    return direction.z(t).mul_(scale).add_(w).to(w.dtype)
+    # An fp64 weight is perturbed in fp64 (z.to is a no-op for every other dtype: their sum is formed in fp32).
+    return direction.z(t).to(torch.promote_types(torch.float32, w.dtype)).mul_(scale).add_(w).to(w.dtype)
 
 
 @contextlib.contextmanager
