@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "JSON output file (default: <run>/eval_<tasks>_<split>.json, else runs/eval/<model>_<tasks>_<split>.json)"
     )
     p.add_argument("--out", default=None, help=out_help)
+    p.add_argument(
+        "--ablate_zo",
+        action="store_true",
+        help="run directory of a hybrid run: evaluate its trained PEFT module on the original base and on the "
+        "ZO-updated base (from its latest checkpoint) and report the difference in points",
+    )
 
 
 # -- what --model names ------------------------------------------------------------------------------------------------
@@ -193,6 +199,48 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
     return {"task": data.name, "split": split, "seeds": rows, "summary": summary, "metric": rows[0]["metric"]}
 
 
+def run_bases(run_dir: Path, cfg):
+    """(model, tokenizer, original(), updated()) for a run's latest checkpoint: the run's model with its trained PEFT
+    module, and two contexts that put the original or the checkpoint's (ZO-updated) base tensors in place."""
+    import contextlib
+
+    from hyft import checkpoint as ckpt
+    from hyft.methods import resolve
+    from hyft.models import adapter_parameters, attach_peft, load_model
+
+    c = ckpt.find_checkpoint(run_dir)
+    ckpt.verify(c)
+    model, tok = load_model(cfg.model)
+    model = attach_peft(model, resolve(cfg).peft, cfg.peft)
+    if ckpt._is_peft(model):
+        ckpt.load_adapter(model, c / "adapter")
+    model.eval()
+    names = ckpt.base_names(model, adapter_parameters(model))
+    params = {n: p for p in model.parameters() if (n := names.get(id(p))) is not None}
+    index = ckpt.read_index(c / "base")
+    zo_names = index.get("hyft", {}).get("zo", [])
+    if not zo_names:
+        raise ConfigError(f"--ablate_zo: {c} holds no ZO-updated base tensors (the run was not hybrid)")
+    originals = {n: params[n].detach().clone() for n in zo_names}
+    ckpt.load_hf_weights(c / "base", {n: params[n] for n in index["weight_map"] if n in params}, exact_set=False)
+    updated_values = {n: params[n].data for n in zo_names}
+
+    @contextlib.contextmanager
+    def put(values):  # a pointer swap: one extra copy of the ZO tensors in all, the originals
+        for n, v in values.items():
+            params[n].data = v
+        yield
+
+    return model, tok, lambda: put(originals), lambda: put(updated_values)
+
+
+def ablation_row(updated: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
+    metric = next(k for k in ("accuracy", "exact_match", "f1") if k in updated["summary"])
+    a, b = updated["summary"][metric]["mean"], original["summary"][metric]["mean"]
+    return {"task": updated["task"], "metric": metric, "updated_base": a, "original_base": b,
+            "zo_points": round(100 * (a - b), 4)}  # fmt: skip
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     from hyft.report import fmt_mean_std, text_table
 
@@ -244,15 +292,37 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     seeds = parse_seeds(args.seeds, cfg.seed)
 
     t0 = time.perf_counter()
-    model, tok = load_source(src, cfg.model)
-    results = []
-    for name in names:
-        from dataclasses import replace
+    ablation = None
+    if args.ablate_zo:
+        if src.run_dir is None:
+            raise ConfigError(f"--ablate_zo: {args.model} is not a run directory (config.yaml + run.json)")
+        model, tok, original, updated = run_bases(src.run_dir, cfg)
+        results, ablation = [], []
+        for name in names:
+            from dataclasses import replace
 
-        task_cfg = replace(cfg, data=replace(d, task=name))
-        results.append(evaluate_task(model, tok, task_cfg, args.split, seeds))
-        print(f"[hyft] {name}: done ({sum(s['seconds'] for s in results[-1]['seeds']):.1f} s)", flush=True)
-    print(results_table(results))
+            task_cfg = replace(cfg, data=replace(d, task=name))
+            with original():
+                base0 = evaluate_task(model, tok, task_cfg, args.split, seeds)
+            with updated():
+                results.append(evaluate_task(model, tok, task_cfg, args.split, seeds))
+            ablation.append(ablation_row(results[-1], base0))
+        print(results_table(results))
+        for row in ablation:
+            print(
+                f"[hyft] ZO ablation {row['task']} {args.split}: {row['metric']} {row['updated_base']:.4f} with the "
+                f"updated base, {row['original_base']:.4f} on the original: {row['zo_points']:+.2f} points"
+            )
+    else:
+        model, tok = load_source(src, cfg.model)
+        results = []
+        for name in names:
+            from dataclasses import replace
+
+            task_cfg = replace(cfg, data=replace(d, task=name))
+            results.append(evaluate_task(model, tok, task_cfg, args.split, seeds))
+            print(f"[hyft] {name}: done ({sum(s['seconds'] for s in results[-1]['seeds']):.1f} s)", flush=True)
+        print(results_table(results))
     out = {
         "model": args.model,
         "source": {"kind": src.kind, "path": src.path},
@@ -264,10 +334,11 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         "max_length": d.max_length,
         "dtype": cfg.model.dtype,
         "results": results,
+        **({"ablation": ablation} if ablation is not None else {}),
         "versions": package_versions(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    tag = f"{_slug('+'.join(names))}_{args.split}"
+    tag = f"{_slug('+'.join(names))}_{args.split}{'_ablate_zo' if args.ablate_zo else ''}"
     if args.out:
         path = Path(args.out)
     elif src.run_dir is not None:
