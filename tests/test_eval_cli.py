@@ -139,3 +139,30 @@ def test_eval_generation_task_from_config_reports_em_f1(saved_model, tmp_path, c
     assert s["metric"] == "exact_match" and s["n"] == 4 and {"exact_match", "f1"} <= set(s) and "accuracy" not in s
     header = capsys.readouterr().out.splitlines()[-4]
     assert "exact_match" in header and "f1" in header
+
+
+def test_eval_ablate_zo_on_a_run_directory_matches_the_runs_own_ablation(saved_model, tmp_path, capsys):
+    from runs import base_args
+
+    run = tmp_path / "run"
+    assert main(["train", *base_args(run, "hybrid", 4, ["--model.name", str(saved_model), "--zo.lr", "5e-2"])]) == 0
+    own = json.loads((run / "run.json").read_text())["ablation"]["test"]
+    out = tmp_path / "abl.json"
+    assert main(["eval", "--model", str(run), "--ablate_zo", "--out", str(out)]) == 0
+    assert "points" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["ablation"]
+    assert (row["updated_base"], row["original_base"]) == (own["updated_base"], own["original_base"])
+    assert row["zo_points"] == own["zo_points"]
+
+
+def test_eval_ablate_zo_needs_a_hybrid_run_directory(saved_model, tmp_path, capsys):
+    from runs import base_args
+
+    assert main(["eval", "--model", str(saved_model), "--task", "sst2", "--ablate_zo"]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    run = tmp_path / "lora"
+    args = base_args(run, "lora", 2, ["--model.name", str(saved_model)])
+    i = args.index("--zo.lr")
+    assert main(["train", *args[:i], *args[i + 2 :]]) == 0
+    assert main(["eval", "--model", str(run), "--ablate_zo"]) == 2
+    assert "holds no ZO-updated base tensors" in capsys.readouterr().err

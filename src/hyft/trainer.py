@@ -148,14 +148,17 @@ def build_scheduler(cfg: Config, opt: HybridOptimizer) -> torch.optim.lr_schedul
 class Trainer:
     """Owns one run: model, optimizer, data order, output directory."""
 
-    def __init__(self, cfg: Config, *, model=None, tokenizer=None, data=None):
+    def __init__(self, cfg: Config, *, model=None, tokenizer=None, data=None, reloadable: bool | None = None):
+        """model/tokenizer: an already loaded model (else cfg.model is loaded). reloadable: whether cfg.model loads
+        the original of the model passed in (default: only when the Trainer loads it itself); the end-of-run ZO
+        ablation reloads it from there."""
         self.cfg = cfg
         self.method = resolve(cfg)
         self.out = Path(cfg.train.output_dir)
         self.dist = hdist.setup(cfg)  # process group and this rank's device; refuses unsupported setups
         self.is_main = self.dist.is_main  # only rank 0 prints and writes files
         torch.manual_seed(cfg.seed)  # peft initialises adapters from the global RNG
-        self._own_model = model is None  # then the original base can be loaded again (the ZO ablation)
+        self._own_model = model is None if reloadable is None else reloadable
         if model is None:
             model, tokenizer = load_model(self.dist.model_config(cfg.model))
         self.tokenizer = tokenizer

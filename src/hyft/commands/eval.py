@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # -- what --model names ------------------------------------------------------------------------------------------------
 @dataclass
 class ModelSource:
-    kind: str  # run-merged | run-adapter | model-dir | adapter-dir | name
+    kind: str  # run-merged | run-adapter | run-checkpoint | model-dir | adapter-dir | name
     path: str  # what load_model / peft reads
     run_dir: Path | None = None
 
@@ -267,7 +267,13 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise ConfigError(f"hyft eval: unexpected argument(s) {' '.join(rest)}")
-    src = find_source(args.model)
+    if args.ablate_zo:  # the run's checkpoint, not an export, holds both bases' information
+        run_dir = Path(args.model).expanduser()
+        if not is_run_dir(run_dir):
+            raise ConfigError(f"--ablate_zo: {args.model} is not a run directory (config.yaml + run.json)")
+        src = ModelSource("run-checkpoint", str(run_dir), run_dir)
+    else:
+        src = find_source(args.model)
     if args.config is not None:
         cfg = load_config(args.config)
     elif src.run_dir is not None:
@@ -294,8 +300,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     t0 = time.perf_counter()
     ablation = None
     if args.ablate_zo:
-        if src.run_dir is None:
-            raise ConfigError(f"--ablate_zo: {args.model} is not a run directory (config.yaml + run.json)")
         model, tok, original, updated = run_bases(src.run_dir, cfg)
         results, ablation = [], []
         for name in names:

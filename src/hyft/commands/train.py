@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     data = validate(cfg, resume=ckpt is not None)
     dctx = hdist.setup(cfg)  # before loading: under DDP each rank loads onto its own device, under FSDP2 the host
     model, tokenizer = load_model_for(cfg, ckpt, dctx.model_config(cfg.model))
-    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, data=data)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, data=data, reloadable=True)  # cfg.model is its source
     if ckpt is not None:
         trainer.resume(ckpt)
         if trainer.is_main:
