@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import byte_tokenizer, tiny_model
-from hyft import scoring
+from conftest import tiny_model
 from hyft.config import load_config
 from hyft.errors import ConfigError
 from hyft.optim import HybridOptimizer
@@ -20,17 +19,6 @@ from hyft.probe import directional_derivatives, tensor_kinds
 from hyft.validate import check_config
 from hyft.zo.perturb import Direction
 from runs import assert_bit_identical, base_args, checkpoint_tensors, final_checkpoint, make_trainer, metrics, save_tiny
-
-
-def _batch(tok, n=4, seed=0):
-    from hyft.tasks.base import Example
-
-    g = torch.Generator().manual_seed(seed)
-    exs = []
-    for i in range(n):
-        words = " ".join(str(int(v)) for v in torch.randint(0, 99, (6,), generator=g))
-        exs.append(Example(contexts=(f"{words} is",) * 2, continuations=(" good", " bad"), label=i % 2))
-    return scoring.collate([scoring.encode(tok, e, 64) for e in exs], tok.pad_token_id)
 
 
 def _setup(dtype=torch.float64, distribution="gaussian", shape=(4, 12)):
