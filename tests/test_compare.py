@@ -1,10 +1,17 @@
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import byte_tokenizer, save_tiny_model, tiny_model
+from hyft import compare
 from hyft.cli import main
 from hyft.compare import load_spec, parse_variant, run_compare
 from hyft.errors import ConfigError
@@ -230,3 +237,134 @@ def test_run_compare_script(saved_model, tmp_path):
     assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
     bad = subprocess.run(args, env={**env, "HYFT_DATA_DIR": str(tmp_path)}, capture_output=True, text=True)
     assert bad.returncode == 2 and "set HYFT_DATA_DIR" in bad.stderr
+
+
+# -- concurrency, partial-cell resume, random kills ----------------------------------------------------------------
+TIMING = {"wall_time_s", "train_time_s", "time_per_step_s", "seconds_to_target", "peak_memory_mb"}
+KILLHOOK = Path(__file__).parent / "fixtures" / "killhook"
+
+
+def _study_args(saved_model, tmp, out, *extra):
+    cfg = base_config(tmp / "c.yaml", saved_model)
+    return ["compare", "--config", str(cfg), "--methods", "lora,hybrid-lora", "--seeds", "0", "--out", str(out),
+            "--eval_every", "2", "--train.steps", "6", "--train.save_every", "2", *extra]  # fmt: skip
+
+
+def _untimed(out):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(out)]
+
+
+def _cell_record(cell):
+    """Everything a cell's result is: final metrics, curve and metrics without times, final checkpoint tensors."""
+    from hyft.checkpoint import list_checkpoints, read_tensors
+
+    run = json.loads((cell / "run.json").read_text())
+    curve = [{k: v for k, v in json.loads(x).items() if k != "train_s"} for x in (cell / "curve.jsonl").open()]
+    metrics = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in (cell / "metrics.jsonl").open()]
+    last = list_checkpoints(cell)[-1]
+    tensors = {}
+    for f in sorted(last.rglob("*.safetensors")):
+        for name, t in read_tensors(f).items():
+            tensors[f"{f.relative_to(last)}:{name}"] = t
+    ledger = json.loads((last / "ledger.json").read_text())
+    return {"final": run["final"], "steps": run["steps"], "curve": curve, "metrics": metrics, "last": last.name,
+            "ledger": ledger}, tensors  # fmt: skip
+
+
+def _same_cells(a, b):
+    for cell in sorted(p.relative_to(a) for p in a.glob("cells/*/*/seed*")):
+        (ra, ta), (rb, tb) = _cell_record(a / cell), _cell_record(b / cell)
+        assert ra == rb, cell
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), cell
+
+
+def _compare_subprocess(argv, kill=None):
+    """`hyft compare` in its own process group (so a kill hits it and its cells, not pytest); the exit code."""
+    env = {k: v for k, v in os.environ.items() if k != "HYFT_KILL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(KILLHOOK), str(Path("src").resolve()), env.get("PYTHONPATH", "")])
+    if kill:
+        env["HYFT_KILL"] = kill
+    r = subprocess.run([sys.executable, "-m", "hyft", *argv], env=env, capture_output=True, text=True,
+                       start_new_session=True, timeout=300)  # fmt: skip
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def undisturbed(saved_model, tmp_path_factory):
+    """The reference study: two cells, one after the other, never interrupted."""
+    tmp = tmp_path_factory.mktemp("ref")
+    out = tmp / "study"
+    assert main(_study_args(saved_model, tmp, out)) == 0
+    return out
+
+
+def test_jobs_2_gives_the_same_study_as_jobs_1(undisturbed, saved_model, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(_study_args(saved_model, tmp_path, out, "--jobs", "2")) == 0
+    assert _untimed(out) == _untimed(undisturbed) and [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    _same_cells(undisturbed, out)
+    cells = [out / "cells" / "sst2" / m / "seed0" for m in ("lora", "hybrid-lora")]
+    threads = max(1, compare.cpu_cores() // 2)
+    for c in cells:
+        assert json.loads((c / "runner.json").read_text())["threads"] == threads
+        assert f"{threads} torch thread(s)" in (c / "log.txt").read_text()  # what the cell process itself used
+    assert json.loads((undisturbed / "cells/sst2/lora/seed0/runner.json").read_text())["threads"] is None
+    # Both cells ran at the same time: the second started before the first ended (their logs name their pids).
+    assert "2/2 sst2/hybrid-lora/seed0: running" in capsys.readouterr().out
+    assert main([*_study_args(saved_model, tmp_path, out, "--jobs", "2"), "--report_only"]) == 0
+    assert _untimed(out) == _untimed(undisturbed)
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_compare(load_spec(tmp_path / "c.yaml", methods="lora", out=str(tmp_path / "x")), jobs=2,
+                    in_process=True)  # fmt: skip
+
+
+def test_a_cell_killed_mid_training_resumes_bit_identical(undisturbed, saved_model, tmp_path):
+    out = tmp_path / "study"
+    argv = _study_args(saved_model, tmp_path, out)
+    # SIGKILL (compare process and cell together) before the 4th step of the first cell: the checkpoint at step 2
+    # survives, step 3 is lost and must be redone.
+    rc, log = _compare_subprocess(argv, kill="cell.step:4")
+    assert rc == -signal.SIGKILL, log
+    cell = out / "cells" / "sst2" / "lora" / "seed0"
+    assert not (cell / "run.json").exists() and (cell / "checkpoints" / "step-00000002" / "COMPLETE").is_file()
+    assert max(json.loads(x)["step"] for x in (cell / "curve.jsonl").open()) == 3
+    rc, log = _compare_subprocess(argv)
+    assert rc == 0, log
+    assert "1/2 sst2/lora/seed0: running (continued from step 2 (step-00000002))" in log
+    assert "continuing from" in (cell / "log.txt").read_text()
+    assert _untimed(out) == _untimed(undisturbed)
+    _same_cells(undisturbed, out)  # metrics, curve, final weights and ledger bit for bit
+    # A finished study is reported as it is.
+    rc, log = _compare_subprocess([*argv, "--report_only"])
+    assert rc == 0 and _untimed(out) == _untimed(undisturbed)
+
+
+def test_random_sigkills_end_with_the_undisturbed_study(undisturbed, saved_model, tmp_path):
+    """The study killed with SIGKILL at seeded random moments (in a step, mid-checkpoint, after the last step,
+    between cells, halfway through a study file) and rerun until done equals the undisturbed one."""
+    import random
+
+    out = tmp_path / "study"
+    argv = _study_args(saved_model, tmp_path, out)
+    rng = random.Random(18)
+    # (point, range of the count at which it fires), in an order that leaves work for every kill: inside the first
+    # cell (a step, then mid-checkpoint: in a seeded order), then halfway through a study file written after it
+    # finishes (write calls 4-6 of a run), the end of the second cell (before its run.json), before it is relaunched.
+    inside = [("cell.step", 1, 3), ("cell.checkpoint", 1, 2)]
+    rng.shuffle(inside)
+    points = [*inside, ("parent.write", 4, 6), ("cell.final", 1, 1), ("parent.launch", 1, 1)]
+    kills, runs = 0, 0
+    for point, least, most in points:
+        rc, log = _compare_subprocess(argv, kill=f"{point}:{rng.randint(least, most)}")
+        runs += 1
+        kills += rc == -signal.SIGKILL
+        assert rc in (0, -signal.SIGKILL), log
+    for _ in range(3):  # then undisturbed until it reports done
+        rc, log = _compare_subprocess(argv)
+        if rc == 0:
+            break
+    assert rc == 0 and "(continued from step 6 (step-00000006))" in log, log  # the cell killed before run.json
+    assert kills == runs == 5, f"only {kills} of {runs} runs were killed: a kill point missed"
+    assert _untimed(out) == _untimed(undisturbed)
+    _same_cells(undisturbed, out)
+    assert not list(out.rglob(".*.tmp-*"))  # no torn temporary left behind
