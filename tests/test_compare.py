@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,81 @@ def test_random_sigkills_end_with_the_undisturbed_study(undisturbed, saved_model
     assert _untimed(out) == _untimed(undisturbed)
     _same_cells(undisturbed, out)
     assert not list(out.rglob(".*.tmp-*"))  # no torn temporary left behind
+
+
+def test_run_study_launcher_reruns_until_done(tmp_path):
+    """benchmarks/run_study.sh reruns the hyft command until it exits 0 (here a stand-in interpreter that fails
+    twice, as a killed study would), stops at once on exit 2, and in the background writes its pid and logs."""
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        '[ "$1" = "-c" ] && { echo "python stub"; exit 0; }\n'
+        'n=$(cat "$STUB_COUNT" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$STUB_COUNT"\n'
+        'echo "attempt $n: $*"; [ $n -ge "$STUB_OK_AT" ] && exit 0; exit "$STUB_RC"\n'
+    )
+    stub.chmod(0o755)
+    study = tmp_path / "study"
+
+    def launch(*extra, ok_at=3, rc=137, foreground=True):
+        env = {**os.environ, "PYTHON": str(stub), "STUB_COUNT": str(tmp_path / f"count{rc}"), "STUB_OK_AT": str(ok_at),
+               "STUB_RC": str(rc), "HYFT_STUDY_WAIT": "0", "HYFT_STUDY_TRIES": "5"}  # fmt: skip
+        args = ["bash", "benchmarks/run_study.sh", str(study), *(["--foreground"] if foreground else []), *extra]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+    r = launch("compare", "--out", str(study))
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (study / "study.log").read_text()
+    assert [x for x in log.splitlines() if x.startswith("attempt ")] == [f"attempt {i}: -m hyft compare --out {study}"
+                                                                       for i in (1, 2, 3)]  # fmt: skip
+    assert "attempt 2 exited with 137" in r.stdout and (study / "DONE").is_file()
+    assert "python stub" in (study / "env.txt").read_text()
+    r = launch("sweep", ok_at=99, rc=2)  # a config error is not retried
+    assert r.returncode == 2 and "not retrying" in r.stdout and not (study / "DONE").exists()
+    assert (tmp_path / "count2").read_text().strip() == "1"
+    r = launch("compare", ok_at=99, rc=1)
+    assert r.returncode == 3 and (tmp_path / "count1").read_text().strip() == "5"
+    assert launch("train").returncode == 2  # only compare and sweep
+    (tmp_path / "count137").unlink()
+    r = launch("compare", foreground=False)
+    assert r.returncode == 0 and "started in the background" in r.stdout
+    pid = int((study / "launcher.pid").read_text())
+    for _ in range(200):
+        if (study / "DONE").is_file():
+            break
+        time.sleep(0.05)
+    assert (study / "DONE").is_file() and "attempt 3" in (study / "launcher.log").read_text()
+    assert pid > 0
+
+
+def test_cpu_study_and_landscape_configs_are_valid():
+    from hyft.compare import config_from_dict, expand, merge
+    from hyft.methods import resolve
+    from hyft.sweep import base_dict, check_heatmap_keys, parse_grid, trial_params
+
+    spec = load_spec("examples/study_cpu_sst2.yaml", overrides=["--data.data_dir", DATA])
+    assert [v.name for v in spec.methods] == ["lora-adamw", "hybrid-lora-adamw", "prompt-adamw", "hybrid-prompt-adamw",
+                                             "lora-sgd", "hybrid-lora-sgd"]  # fmt: skip
+    cells = spec.cells()
+    assert len(cells) == 12 and spec.target == "lora-adamw" and spec.eval_every == 100
+    by = {c.method: c.config for c in cells if c.seed == 1}
+    for name, cfg in by.items():
+        assert cfg["train"]["save_every"] == 50 and cfg["train"]["steps"] == 1000 and cfg["train"]["batch_size"] == 16
+        assert cfg["data"] | {"data_dir": None} == {"task": "sst2", "n_train": 1000, "n_dev": 200, "n_test": 500,
+                                                   "max_length": 256, "data_dir": None}  # fmt: skip
+        assert cfg["method"] == ("hybrid" if name.startswith("hybrid") else name.split("-")[0])
+        if name.startswith("hybrid"):
+            assert cfg["zo"]["lr"] == 1e-6
+    assert by["prompt-adamw"]["fo"] == by["hybrid-prompt-adamw"]["fo"] == {"optimizer": "adamw", "lr": 1e-2}
+    assert by["lora-sgd"]["fo"] == by["hybrid-lora-sgd"]["fo"] == {"optimizer": "sgd", "lr": 1e-2}
+    assert by["hybrid-prompt-adamw"]["peft"]["type"] == "prompt"
+    # The landscape: every grid point of the header's command is a valid hybrid LoRA AdamW config of 200 steps.
+    base = base_dict("examples/landscape_sst2.yaml", ["--data.data_dir", DATA])
+    grid = parse_grid(["zo.lr=0,1e-7,1e-6,1e-5,1e-4", "fo.lr=3e-4,1e-3,3e-3"])
+    assert check_heatmap_keys("zo.lr,fo.lr", grid) == ("zo.lr", "fo.lr")
+    points = trial_params(grid)
+    assert len(points) == 15
+    for p in points:
+        cfg = config_from_dict(merge(base, expand(p)))
+        m = resolve(cfg)
+        assert (m.base, m.peft, cfg.fo.optimizer, cfg.train.steps) == ("zo", "lora", "adamw", 200)
+        assert (cfg.zo.lr, cfg.fo.lr) == (p["zo.lr"], p["fo.lr"])
