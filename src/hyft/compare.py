@@ -789,8 +789,8 @@ def _run_pool(spec: CompareSpec, todo: list[tuple[int, Cell]], n: int, jobs: int
             while pending and len(running) < jobs:
                 i, c = pending.pop(0)
                 resume_from = prepare_cell(c, in_process=False, threads=threads)
-                step = f" from step {ckpt._step_of(resume_from)} ({resume_from.name})" if resume_from else ""
-                log(f"[hyft] {i}/{n} {c.key}: running{' (continued' + step + ')' if resume_from else ''}")
+                how = f", continued from step {ckpt._step_of(resume_from)} ({resume_from})" if resume_from else ""
+                log(f"[hyft] {i}/{n} {c.key}: running{how}")
                 fh = open(c.dir / "log.txt", "a" if resume_from else "w", encoding="utf-8")  # noqa: SIM115 (closed when reaped)
                 cmd = cell_command(c, dev_at_start=spec.eval_start, resume_from=resume_from, threads=threads)
                 proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
