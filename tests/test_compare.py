@@ -329,6 +329,8 @@ def test_a_cell_killed_mid_training_resumes_bit_identical(undisturbed, saved_mod
     cell = out / "cells" / "sst2" / "lora" / "seed0"
     assert not (cell / "run.json").exists() and (cell / "checkpoints" / "step-00000002" / "COMPLETE").is_file()
     assert max(json.loads(x)["step"] for x in (cell / "curve.jsonl").open()) == 3
+    rc, log = _compare_subprocess([*argv, "--dry_run"])
+    assert rc == 0 and "pending (continues from step-00000002) sst2/lora/seed0" in log
     rc, log = _compare_subprocess(argv)
     assert rc == 0, log
     assert f"1/2 sst2/lora/seed0: running, continued from step 2 ({cell / 'checkpoints' / 'step-00000002'})" in log

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     cells = spec.cells()
     if args.dry_run:
         for c in cells:
-            print(f"{'done   ' if c.done else 'pending'} {c.key}  {c.dir}")
+            point = None if c.done else c.resume_point()
+            state = "done   " if c.done else "pending" + (f" (continues from {point.name})" if point else "")
+            print(f"{state} {c.key}  {c.dir}")
         print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
         return 0
     if args.report_only:
