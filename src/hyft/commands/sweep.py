@@ -58,7 +58,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         diverge_factor=args.diverge_factor, heatmap=heatmap,
     )  # fmt: skip
     headers = ["trial", *grid, "status", "steps", "final_dev", "final_loss", "seconds"]
-    print(text_table(headers, [[t.row()[h] for h in headers] for t in res["trials"]]))
+    shown = lambda h, v: f"{v:g}" if h in grid and isinstance(v, float) else v  # 1e-06, not 0.0000
+    print(text_table(headers, [[shown(h, t.row()[h]) for h in headers] for t in res["trials"]]))
     best = res["best"]
     print(f"[hyft] best: trial {best.index} {best.params} dev {best.final_dev:.4f}; wrote {res['out'] / 'best.yaml'}")
     if heatmap:
