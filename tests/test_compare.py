@@ -450,3 +450,34 @@ def test_cpu_study_and_landscape_configs_are_valid():
         m = resolve(cfg)
         assert (m.base, m.peft, cfg.fo.optimizer, cfg.train.steps) == ("zo", "lora", "adamw", 200)
         assert (cfg.zo.lr, cfg.fo.lr) == (p["zo.lr"], p["fo.lr"])
+
+
+def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """The in-process runner (a model factory) continues an interrupted cell too, and ends where an uninterrupted
+    one does."""
+    cfg = base_config(tmp_path / "c.yaml", "x", methods=["hybrid-lora"], seeds=[0], target="none")
+    factory = lambda c: (tiny_model("llama"), byte_tokenizer())
+    over = ["--train.steps", "6", "--train.save_every", "2"]
+    ref = load_spec(cfg, out=str(tmp_path / "ref"), eval_every=2, overrides=over)
+    assert not run_compare(ref, model_factory=factory, log=lambda s: None)["failures"]
+
+    real = compare.CellTrainer.train_step
+
+    def crash_at_5(self):
+        if self.step == 4:
+            raise RuntimeError("power cut")
+        return real(self)
+
+    spec = load_spec(cfg, out=str(tmp_path / "cut"), eval_every=2, overrides=over)
+    monkeypatch.setattr(compare.CellTrainer, "train_step", crash_at_5)
+    assert (
+        "power cut"
+        in run_compare(spec, model_factory=factory, log=lambda s: None)["failures"]["sst2/hybrid-lora/seed0"]
+    )
+    monkeypatch.setattr(compare.CellTrainer, "train_step", real)
+    logs = []
+    assert not run_compare(spec, model_factory=factory, log=logs.append)["failures"]
+    cell = tmp_path / "cut" / "cells" / "sst2" / "hybrid-lora" / "seed0"
+    assert json.loads((cell / "runner.json").read_text())["resumed_from"].endswith("step-00000004")
+    assert _untimed(tmp_path / "cut") == _untimed(tmp_path / "ref")
+    _same_cells(tmp_path / "ref", tmp_path / "cut")
