@@ -1,10 +1,18 @@
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import byte_tokenizer, save_tiny_model, tiny_model
+from hyft import compare
 from hyft.cli import main
 from hyft.compare import load_spec, parse_variant, run_compare
 from hyft.errors import ConfigError
@@ -230,3 +238,246 @@ def test_run_compare_script(saved_model, tmp_path):
     assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
     bad = subprocess.run(args, env={**env, "HYFT_DATA_DIR": str(tmp_path)}, capture_output=True, text=True)
     assert bad.returncode == 2 and "set HYFT_DATA_DIR" in bad.stderr
+
+
+# -- concurrency, partial-cell resume, random kills ----------------------------------------------------------------
+TIMING = {"wall_time_s", "train_time_s", "time_per_step_s", "seconds_to_target", "peak_memory_mb"}
+KILLHOOK = Path(__file__).parent / "fixtures" / "killhook"
+
+
+def _study_args(saved_model, tmp, out, *extra):
+    cfg = base_config(tmp / "c.yaml", saved_model)
+    return ["compare", "--config", str(cfg), "--methods", "lora,hybrid-lora", "--seeds", "0", "--out", str(out),
+            "--eval_every", "2", "--train.steps", "6", "--train.save_every", "2", *extra]  # fmt: skip
+
+
+def _untimed(out):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in _rows(out)]
+
+
+def _cell_record(cell):
+    """Everything a cell's result is: final metrics, curve and metrics without times, final checkpoint tensors."""
+    from hyft.checkpoint import list_checkpoints, read_tensors
+
+    run = json.loads((cell / "run.json").read_text())
+    curve = [{k: v for k, v in json.loads(x).items() if k != "train_s"} for x in (cell / "curve.jsonl").open()]
+    metrics = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in (cell / "metrics.jsonl").open()]
+    last = list_checkpoints(cell)[-1]
+    tensors = {}
+    for f in sorted(last.rglob("*.safetensors")):
+        for name, t in read_tensors(f).items():
+            tensors[f"{f.relative_to(last)}:{name}"] = t
+    ledger = json.loads((last / "ledger.json").read_text())
+    return {"final": run["final"], "steps": run["steps"], "curve": curve, "metrics": metrics, "last": last.name,
+            "ledger": ledger}, tensors  # fmt: skip
+
+
+def _same_cells(a, b):
+    for cell in sorted(p.relative_to(a) for p in a.glob("cells/*/*/seed*")):
+        (ra, ta), (rb, tb) = _cell_record(a / cell), _cell_record(b / cell)
+        assert ra == rb, cell
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), cell
+
+
+def _compare_subprocess(argv, kill=None):
+    """`hyft compare` in its own process group (so a kill hits it and its cells, not pytest); the exit code."""
+    env = {k: v for k, v in os.environ.items() if k != "HYFT_KILL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(KILLHOOK), str(Path("src").resolve()), env.get("PYTHONPATH", "")])
+    if kill:
+        env["HYFT_KILL"] = kill
+    r = subprocess.run([sys.executable, "-m", "hyft", *argv], env=env, capture_output=True, text=True,
+                       start_new_session=True, timeout=300)  # fmt: skip
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def undisturbed(saved_model, tmp_path_factory):
+    """The reference study: two cells, one after the other, never interrupted."""
+    tmp = tmp_path_factory.mktemp("ref")
+    out = tmp / "study"
+    assert main(_study_args(saved_model, tmp, out)) == 0
+    return out
+
+
+def test_jobs_2_gives_the_same_study_as_jobs_1(undisturbed, saved_model, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(_study_args(saved_model, tmp_path, out, "--jobs", "2")) == 0
+    assert _untimed(out) == _untimed(undisturbed) and [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    _same_cells(undisturbed, out)
+    cells = [out / "cells" / "sst2" / m / "seed0" for m in ("lora", "hybrid-lora")]
+    threads = max(1, compare.cpu_cores() // 2)
+    for c in cells:
+        assert json.loads((c / "runner.json").read_text())["threads"] == threads
+        assert f"{threads} torch thread(s)" in (c / "log.txt").read_text()  # what the cell process itself used
+    assert json.loads((undisturbed / "cells/sst2/lora/seed0/runner.json").read_text())["threads"] is None
+    # Both cells ran at the same time: the second was launched before the first ended.
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[hyft] ") and "seed0: " in x]
+    assert [x.split(": ")[1][:7] for x in lines[:3]] == ["running", "running", "done in"], lines
+    assert main([*_study_args(saved_model, tmp_path, out, "--jobs", "2"), "--report_only"]) == 0
+    assert _untimed(out) == _untimed(undisturbed)
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_compare(load_spec(tmp_path / "c.yaml", methods="lora", out=str(tmp_path / "x")), jobs=2,
+                    in_process=True)  # fmt: skip
+
+
+def test_a_cell_killed_mid_training_resumes_bit_identical(undisturbed, saved_model, tmp_path):
+    out = tmp_path / "study"
+    argv = _study_args(saved_model, tmp_path, out)
+    # SIGKILL (compare process and cell together) before the 4th step of the first cell: the checkpoint at step 2
+    # survives, step 3 is lost and must be redone.
+    rc, log = _compare_subprocess(argv, kill="cell.step:4")
+    assert rc == -signal.SIGKILL, log
+    cell = out / "cells" / "sst2" / "lora" / "seed0"
+    assert not (cell / "run.json").exists() and (cell / "checkpoints" / "step-00000002" / "COMPLETE").is_file()
+    assert max(json.loads(x)["step"] for x in (cell / "curve.jsonl").open()) == 3
+    rc, log = _compare_subprocess([*argv, "--dry_run"])
+    assert rc == 0 and "pending (continues from step-00000002) sst2/lora/seed0" in log
+    rc, log = _compare_subprocess(argv)
+    assert rc == 0, log
+    assert f"1/2 sst2/lora/seed0: running, continued from step 2 ({cell / 'checkpoints' / 'step-00000002'})" in log
+    assert "continuing from" in (cell / "log.txt").read_text()
+    assert _untimed(out) == _untimed(undisturbed)
+    _same_cells(undisturbed, out)  # metrics, curve, final weights and ledger bit for bit
+    # A finished study is reported as it is.
+    rc, log = _compare_subprocess([*argv, "--report_only"])
+    assert rc == 0 and _untimed(out) == _untimed(undisturbed)
+
+
+def test_random_sigkills_end_with_the_undisturbed_study(undisturbed, saved_model, tmp_path):
+    """The study killed with SIGKILL at seeded random moments (in a step, mid-checkpoint, after the last step,
+    between cells, halfway through a study file) and rerun until done equals the undisturbed one."""
+    import random
+
+    out = tmp_path / "study"
+    argv = _study_args(saved_model, tmp_path, out)
+    rng = random.Random(18)
+    # (point, range of the count at which it fires), in an order that leaves work for every kill: inside the first
+    # cell (a step, then mid-checkpoint: in a seeded order), then halfway through a study file written after it
+    # finishes (write calls 4-6 of a run), the end of the second cell (before its run.json), before it is relaunched.
+    inside = [("cell.step", 1, 3), ("cell.checkpoint", 1, 2)]
+    rng.shuffle(inside)
+    points = [*inside, ("parent.write", 4, 6), ("cell.final", 1, 1), ("parent.launch", 1, 1)]
+    kills, runs = 0, 0
+    for point, least, most in points:
+        rc, log = _compare_subprocess(argv, kill=f"{point}:{rng.randint(least, most)}")
+        runs += 1
+        kills += rc == -signal.SIGKILL
+        assert rc in (0, -signal.SIGKILL), log
+    for _ in range(3):  # then undisturbed until it reports done
+        rc, log = _compare_subprocess(argv)
+        if rc == 0:
+            break
+    assert rc == 0 and "running, continued from step 6 (" in log, log  # the cell killed before run.json
+    assert kills == runs == 5, f"only {kills} of {runs} runs were killed: a kill point missed"
+    assert _untimed(out) == _untimed(undisturbed)
+    _same_cells(undisturbed, out)
+    assert not list(out.rglob(".*.tmp-*"))  # no torn temporary left behind
+
+
+def test_run_study_launcher_reruns_until_done(tmp_path):
+    """benchmarks/run_study.sh reruns the hyft command until it exits 0 (here a stand-in interpreter that fails
+    twice, as a killed study would), stops at once on exit 2, and in the background writes its pid and logs."""
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        '[ "$1" = "-c" ] && { echo "python stub"; exit 0; }\n'
+        'n=$(cat "$STUB_COUNT" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$STUB_COUNT"\n'
+        'echo "attempt $n: $*"; [ $n -ge "$STUB_OK_AT" ] && exit 0; exit "$STUB_RC"\n'
+    )
+    stub.chmod(0o755)
+    study = tmp_path / "study"
+
+    def launch(*extra, ok_at=3, rc=137, foreground=True):
+        env = {**os.environ, "PYTHON": str(stub), "STUB_COUNT": str(tmp_path / f"count{rc}"), "STUB_OK_AT": str(ok_at),
+               "STUB_RC": str(rc), "HYFT_STUDY_WAIT": "0", "HYFT_STUDY_TRIES": "5"}  # fmt: skip
+        args = ["bash", "benchmarks/run_study.sh", str(study), *(["--foreground"] if foreground else []), *extra]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+    r = launch("compare", "--out", str(study))
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (study / "study.log").read_text()
+    assert [x for x in log.splitlines() if x.startswith("attempt ")] == [f"attempt {i}: -m hyft compare --out {study}"
+                                                                       for i in (1, 2, 3)]  # fmt: skip
+    assert "attempt 2 exited with 137" in r.stdout and (study / "DONE").is_file()
+    assert "python stub" in (study / "env.txt").read_text()
+    r = launch("sweep", ok_at=99, rc=2)  # a config error is not retried
+    assert r.returncode == 2 and "not retrying" in r.stdout and not (study / "DONE").exists()
+    assert (tmp_path / "count2").read_text().strip() == "1"
+    r = launch("compare", ok_at=99, rc=1)
+    assert r.returncode == 3 and (tmp_path / "count1").read_text().strip() == "5"
+    assert launch("train").returncode == 2  # only compare and sweep
+    (tmp_path / "count137").unlink()
+    r = launch("compare", foreground=False)
+    assert r.returncode == 0 and "started in the background" in r.stdout
+    pid = int((study / "launcher.pid").read_text())
+    for _ in range(200):
+        if (study / "DONE").is_file():
+            break
+        time.sleep(0.05)
+    assert (study / "DONE").is_file() and "attempt 3" in (study / "launcher.log").read_text()
+    assert pid > 0
+
+
+def test_cpu_study_and_landscape_configs_are_valid():
+    from hyft.compare import config_from_dict, expand, merge
+    from hyft.methods import resolve
+    from hyft.sweep import base_dict, check_heatmap_keys, parse_grid, trial_params
+
+    spec = load_spec("examples/study_cpu_sst2.yaml", overrides=["--data.data_dir", DATA])
+    assert [v.name for v in spec.methods] == ["lora-adamw", "hybrid-lora-adamw", "prompt-adamw", "hybrid-prompt-adamw",
+                                             "lora-sgd", "hybrid-lora-sgd"]  # fmt: skip
+    cells = spec.cells()
+    assert len(cells) == 12 and spec.target == "lora-adamw" and spec.eval_every == 100
+    by = {c.method: c.config for c in cells if c.seed == 1}
+    for name, cfg in by.items():
+        assert cfg["train"]["save_every"] == 50 and cfg["train"]["steps"] == 1000 and cfg["train"]["batch_size"] == 16
+        assert cfg["data"] | {"data_dir": None} == {"task": "sst2", "n_train": 1000, "n_dev": 200, "n_test": 500,
+                                                   "max_length": 256, "data_dir": None}  # fmt: skip
+        assert cfg["method"] == ("hybrid" if name.startswith("hybrid") else name.split("-")[0])
+        if name.startswith("hybrid"):
+            assert cfg["zo"]["lr"] == 1e-6
+    assert by["prompt-adamw"]["fo"] == by["hybrid-prompt-adamw"]["fo"] == {"optimizer": "adamw", "lr": 1e-2}
+    assert by["lora-sgd"]["fo"] == by["hybrid-lora-sgd"]["fo"] == {"optimizer": "sgd", "lr": 1e-2}
+    assert by["hybrid-prompt-adamw"]["peft"]["type"] == "prompt"
+    # The landscape: every grid point of the header's command is a valid hybrid LoRA AdamW config of 200 steps.
+    base = base_dict("examples/landscape_sst2.yaml", ["--data.data_dir", DATA])
+    grid = parse_grid(["zo.lr=0,1e-7,1e-6,1e-5,1e-4", "fo.lr=3e-4,1e-3,3e-3"])
+    assert check_heatmap_keys("zo.lr,fo.lr", grid) == ("zo.lr", "fo.lr")
+    points = trial_params(grid)
+    assert len(points) == 15
+    for p in points:
+        cfg = config_from_dict(merge(base, expand(p)))
+        m = resolve(cfg)
+        assert (m.base, m.peft, cfg.fo.optimizer, cfg.train.steps) == ("zo", "lora", "adamw", 200)
+        assert (cfg.zo.lr, cfg.fo.lr) == (p["zo.lr"], p["fo.lr"])
+
+
+def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """The in-process runner (a model factory) continues an interrupted cell too, and ends where an uninterrupted
+    one does."""
+    cfg = base_config(tmp_path / "c.yaml", "x", methods=["hybrid-lora"], seeds=[0], target="none")
+    factory = lambda c: (tiny_model("llama"), byte_tokenizer())
+    over = ["--train.steps", "6", "--train.save_every", "2"]
+    ref = load_spec(cfg, out=str(tmp_path / "ref"), eval_every=2, overrides=over)
+    assert not run_compare(ref, model_factory=factory, log=lambda s: None)["failures"]
+
+    real = compare.CellTrainer.train_step
+
+    def crash_at_5(self):
+        if self.step == 4:
+            raise RuntimeError("power cut")
+        return real(self)
+
+    spec = load_spec(cfg, out=str(tmp_path / "cut"), eval_every=2, overrides=over)
+    monkeypatch.setattr(compare.CellTrainer, "train_step", crash_at_5)
+    assert (
+        "power cut"
+        in run_compare(spec, model_factory=factory, log=lambda s: None)["failures"]["sst2/hybrid-lora/seed0"]
+    )
+    monkeypatch.setattr(compare.CellTrainer, "train_step", real)
+    logs = []
+    assert not run_compare(spec, model_factory=factory, log=logs.append)["failures"]
+    cell = tmp_path / "cut" / "cells" / "sst2" / "hybrid-lora" / "seed0"
+    assert json.loads((cell / "runner.json").read_text())["resumed_from"].endswith("step-00000004")
+    assert _untimed(tmp_path / "cut") == _untimed(tmp_path / "ref")
+    _same_cells(tmp_path / "ref", tmp_path / "cut")

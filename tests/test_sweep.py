@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
 from conftest import byte_tokenizer, save_tiny_model, tiny_model
@@ -108,3 +109,91 @@ def test_cli_sweep_on_a_saved_model(tmp_path, capsys):
     assert len(_csv(tmp_path / "s" / "sweep.csv")) == 2
     assert main([*argv[:-2], "--out", str(tmp_path / "t"), "--grid", "zo.lrr=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_heatmap_of_the_learning_rate_landscape(tmp_path, capsys):
+    """zo.lr x fo.lr of hybrid LoRA: the table behind heatmap.png holds every trial's status and dev accuracy, the
+    diverging zo.lr marked, the zo.lr 0 column (the FO twin) finished; a rerun reuses the finished trials."""
+    grid = parse_grid(["zo.lr=1e9,0,1e-3", "fo.lr=0.01,0.02"])
+    made = []
+
+    def counting(cfg):
+        made.append(cfg.zo.lr)
+        return factory(cfg)
+
+    res = run_sweep(base(), grid, method="hybrid", out=tmp_path, steps=3, model_factory=counting,
+                    heatmap=("zo.lr", "fo.lr"), log=lambda s: None)  # fmt: skip
+    png = (tmp_path / "heatmap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    table = _csv(tmp_path / "heatmap.csv")
+    assert [(float(r["fo.lr"]), float(r["zo.lr"])) for r in table] == [
+        (0.01, 0.0), (0.01, 1e-3), (0.01, 1e9), (0.02, 0.0), (0.02, 1e-3), (0.02, 1e9)]  # fmt: skip
+    by_trial = {t.index: t for t in res["trials"]}
+    for r in table:  # every cell is its trial's result, nothing else
+        t = by_trial[int(r["trial"])]
+        assert t.params == {"zo.lr": float(r["zo.lr"]), "fo.lr": float(r["fo.lr"])} and r["status"] == t.status
+        assert (float(r["final_dev"]) if r["final_dev"] else None) == t.final_dev
+        assert r["status"] == ("diverged" if t.params["zo.lr"] == 1e9 else "ok")
+    assert len(made) == 6
+    # Run again: every trial is reused, nothing is trained, the same table comes out.
+    again = run_sweep(base(), grid, method="hybrid", out=tmp_path, steps=3, model_factory=counting,
+                      heatmap=("zo.lr", "fo.lr"), log=lambda s: None)  # fmt: skip
+    rows = lambda r: json.dumps([t.row() for t in r["trials"]])  # a diverged trial's loss is nan
+    assert len(made) == 6 and rows(again) == rows(res)
+    assert _csv(tmp_path / "heatmap.csv") == table
+    # Redrawn from sweep.csv alone.
+    (tmp_path / "heatmap.png").unlink()
+    assert main(["sweep", "--out", str(tmp_path), "--heatmap", "zo.lr,fo.lr", "--report_only"]) == 0
+    assert (tmp_path / "heatmap.png").is_file() and _csv(tmp_path / "heatmap.csv") == table
+    for keys, message in (("zo.lr", "two different grid keys"), ("zo.lr,zo.mu", "zo.mu is not swept")):
+        assert main(["sweep", "--out", str(tmp_path), "--heatmap", keys, "--report_only"]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train.steps also vary"):
+        run_sweep(base(), parse_grid(["zo.lr=0,1", "fo.lr=1", "steps=1,2"]), method="hybrid", out=tmp_path / "x",
+                  heatmap=("zo.lr", "fo.lr"), model_factory=factory, log=lambda s: None)  # fmt: skip
+
+
+def test_zo_lr_0_is_hybrid_with_a_still_base_and_equals_its_fo_twin(tmp_path):
+    """The landscape's zo.lr = 0 column: validation accepts it, the step is still hybrid (2 forwards, 1 backward,
+    the base perturbed and restored), the base never moves, and the adapter follows FO-LoRA bit for bit."""
+    from hyft.trainer import Trainer
+    from hyft.validate import check_config
+
+    runs = {}
+    for method in ("hybrid", "lora"):
+        d = merge_dict(base(steps=4), {"method": method, "train": {"output_dir": str(tmp_path / method)}})
+        if method == "hybrid":
+            d["zo"] = {"lr": 0.0}
+        (tmp_path / f"{method}.yaml").write_text(yaml.safe_dump(d))
+        cfg = load_config(tmp_path / f"{method}.yaml")
+        check_config(cfg)
+        model = tiny_model("llama")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tr = Trainer(cfg, model=model, tokenizer=byte_tokenizer())
+        info = tr.fit()
+        after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.detach()
+                 for n, p in tr.model.named_parameters() if "lora_" not in n}  # fmt: skip
+        assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+        adapter = {n: p.detach() for n, p in tr.model.named_parameters() if "lora_" in n}
+        runs[method] = (info, adapter)
+    (hy, hy_adapter), (lo, lo_adapter) = runs["hybrid"], runs["lora"]
+    assert (hy["forwards_per_step"], hy["backwards_per_step"], lo["forwards_per_step"]) == (2, 1, 1)
+    assert hy["params"]["zo_params"] > 0 and hy["final"] == lo["final"]
+    assert hy_adapter.keys() == lo_adapter.keys() and all(torch.equal(hy_adapter[n], lo_adapter[n]) for n in hy_adapter)
+    assert any(not torch.equal(p, q) for p, q in zip(hy_adapter.values(), tiny_adapter_init(tmp_path)))
+
+
+def tiny_adapter_init(tmp_path):
+    """The LoRA tensors as attached, before any step (to show the twins moved)."""
+    from hyft.trainer import Trainer
+
+    d = merge_dict(base(steps=1), {"method": "lora", "train": {"output_dir": str(tmp_path / "init")}})
+    (tmp_path / "init.yaml").write_text(yaml.safe_dump(d))
+    tr = Trainer(load_config(tmp_path / "init.yaml"), model=tiny_model("llama"), tokenizer=byte_tokenizer())
+    return [p.detach().clone() for n, p in tr.model.named_parameters() if "lora_" in n]
+
+
+def merge_dict(a, b):
+    from hyft.compare import merge
+
+    return merge(a, b)

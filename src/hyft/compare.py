@@ -5,6 +5,12 @@ subprocess, so peak memory (CUDA max allocated, or peak RSS on CPU) is per cell.
 finished and is not rerun. Per cell the runner also writes `curve.jsonl`: the loss of every step and every
 evaluation, each with the pure training seconds so far (evaluation time excluded), which the targets and plots use.
 
+`jobs` cells run at once, each still its own process (on CPU with cores // jobs torch threads each; on one GPU they
+share the device). A cell that was interrupted after writing a checkpoint (train.save_every) continues from its
+latest complete checkpoint when the comparison runs again, through the same resume as `hyft train --resume`, so it
+ends bit-identical to an uninterrupted cell. Study-level files are written atomically (temporary file, then
+os.replace): a study killed at any moment and run again ends with the same results.
+
 Method names (see docs/results.md):
     a preset                  ft, lora, prefix, prompt, mezo, zo-lora, hybrid
     preset-suffix[-suffix]    suffixes: lora|prefix|prompt (peft.type), sgd|adamw (fo.optimizer),
@@ -17,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +39,7 @@ from typing import Any
 import torch
 import yaml
 
+from hyft import checkpoint as ckpt
 from hyft.config import Config, load_config, parse_overrides
 from hyft.errors import ConfigError
 from hyft.evaluate import headline
@@ -49,6 +58,18 @@ CSV_FIELDS = [
     "memory_kind", "forwards_per_step", "backwards_per_step", "trainable_params", "zo_params", "n_dev", "n_test",
     "metric",
 ]  # fmt: skip
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that a reader (or a rerun after a kill) sees the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # -- config dictionaries -------------------------------------------------------------------------------------------
@@ -182,11 +203,40 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return (self.dir / "run.json").is_file()
+        """run.json exists and is whole (the trainer writes it last; a kill mid-write leaves the cell unfinished)."""
+        try:
+            return "final" in json.loads((self.dir / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            return False
+
+    def resume_point(self) -> Path | None:
+        """The latest complete checkpoint this unfinished cell can continue from: it verifies (sizes in its marker)
+        and was written under exactly this cell's config; None means the cell starts from step 0."""
+        if not (self.dir / "cell.yaml").is_file():
+            return None
+        try:
+            if yaml.safe_load((self.dir / "cell.yaml").read_text(encoding="utf-8")) != _roundtrip(self.config):
+                return None
+            want = config_from_dict(self.config).to_dict()
+        except (OSError, yaml.YAMLError, ConfigError):
+            return None
+        for c in reversed(ckpt.list_checkpoints(self.dir)):
+            try:
+                ckpt.verify(c)
+                if load_config(c / "config.yaml").to_dict() == want:
+                    return c
+            except (ckpt.CheckpointError, ConfigError, OSError):
+                continue  # a torn or foreign checkpoint: try the one before
+        return None
 
     @property
     def key(self) -> str:
         return f"{self.task}/{self.method}/seed{self.seed}"
+
+
+def _roundtrip(data: dict[str, Any]) -> Any:
+    """A config mapping as cell.yaml stores it (what reading cell.yaml back gives)."""
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
 
 
 @dataclass
@@ -342,9 +392,33 @@ class CellTrainer(Trainer):
 
     def prepare_output(self) -> None:
         super().prepare_output()
+        if self.resumed_from is not None:
+            self._truncate_curve()
+            return
         (self.out / "curve.jsonl").write_text("")
         if self.dev_at_start and self.encoded["dev"]:
             self.evaluate("dev")  # step 0 on dev only (eval_before would also score the whole test split)
+
+    def _truncate_curve(self) -> None:
+        """Keep the curve up to the checkpoint, as the trainer does with metrics.jsonl: every loss up to its step,
+        every evaluation before it, and the periodic one at it (run before the checkpoint was written); the final
+        evaluations, a torn last line and whatever came after are dropped and written again by this run."""
+        keep = []
+        for line in (
+            (self.out / "curve.jsonl").read_text(encoding="utf-8").splitlines()
+            if (self.out / "curve.jsonl").is_file()
+            else []
+        ):
+            try:
+                r = json.loads(line)
+                step = int(r["step"])
+            except (ValueError, KeyError, TypeError):
+                break  # cut by the kill: nothing after it was written
+            periodic = "split" not in r or step < self.cfg.train.steps
+            if step < self.step or (step == self.step and periodic):
+                keep.append(r)
+        self.train_seconds = max((float(r["train_s"]) for r in keep), default=0.0)
+        write_atomic(self.out / "curve.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
 
     def train_step(self):
         _sync(self.device)
@@ -364,49 +438,100 @@ class CellTrainer(Trainer):
         return report
 
 
-def run_cell_in_process(cfg: Config, model_factory: Callable[[Config], tuple[Any, Any]] | None, dev_at_start: bool):
+def run_cell_in_process(
+    cfg: Config,
+    model_factory: Callable[[Config], tuple[Any, Any]] | None,
+    dev_at_start: bool,
+    resume_from: Path | None = None,
+):
+    """Train one cell here; with `resume_from` (a complete checkpoint of it) continue from there as
+    `hyft train --resume` does: base model from the checkpoint, then the trainer state on top."""
     model = tok = None
     if model_factory is not None:
-        model, tok = model_factory(cfg)
+        model, tok = model_factory(cfg)  # the checkpoint's tensors are loaded over it by resume()
+    elif resume_from is not None:
+        from hyft.commands.train import load_model_for
+
+        model, tok = load_model_for(cfg, resume_from)
     if torch.cuda.is_available():  # in-process cells: free the previous cell's tensors, then count this one's peak
         import gc
 
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start).fit()
+    tr = CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start)
+    if resume_from is not None:
+        tr.resume(resume_from)
+    return tr.fit()
 
 
-def _subprocess_env() -> dict[str, str]:
+def _subprocess_env(threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])  # the directory holding this hyft package
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if threads is not None:  # OpenMP and MKL size their pools at start-up: the child sets torch's count too
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 
-def run_cell(cell: Cell, *, dev_at_start: bool, model_factory=None, in_process: bool = False) -> tuple[bool, str]:
-    """Train one cell; (ok, message). The config is written to cell.yaml first."""
+def cpu_cores() -> int:
+    """Cores this process may use (its CPU affinity, which containers and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_cell(jobs: int) -> int | None:
+    """Torch threads for each of `jobs` concurrent cells; None (the default, untouched) for one at a time."""
+    return None if jobs <= 1 else max(1, cpu_cores() // jobs)
+
+
+def prepare_cell(cell: Cell, *, in_process: bool, threads: int | None = None) -> Path | None:
+    """Write cell.yaml and runner.json; return the checkpoint to resume from (None: start at step 0)."""
+    resume_from = cell.resume_point()  # before cell.yaml is rewritten: it compares against the one on disk
     cell.dir.mkdir(parents=True, exist_ok=True)
-    (cell.dir / "cell.yaml").write_text(yaml.safe_dump(cell.config, sort_keys=False), encoding="utf-8")
+    remove_temporaries(cell.dir)
+    write_atomic(cell.dir / "cell.yaml", yaml.safe_dump(cell.config, sort_keys=False))
+    runner = {"in_process": in_process, "threads": threads,
+              "resumed_from": str(resume_from) if resume_from else None}  # fmt: skip
+    write_atomic(cell.dir / "runner.json", json.dumps(runner))
+    return resume_from
+
+
+def cell_command(cell: Cell, *, dev_at_start: bool, resume_from: Path | None, threads: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "hyft.compare", "--cell", str(cell.dir / "cell.yaml"), "--parent_pid",
+           str(os.getpid())]  # fmt: skip
+    if not dev_at_start:
+        cmd.append("--no_dev_at_start")
+    if resume_from is not None:
+        cmd += ["--resume_from", str(resume_from)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    return cmd
+
+
+def _failure(cell: Cell, rc: int) -> str:
+    tail = (cell.dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+    return f"exit {rc}: {tail[0] if tail else ''} (see {cell.dir / 'log.txt'})"
+
+
+def run_cell(cell: Cell, *, dev_at_start: bool, model_factory=None, in_process: bool = False) -> tuple[bool, str]:
+    """Train one cell (or continue it from its latest checkpoint); (ok, message). cell.yaml is written first."""
     in_process = in_process or model_factory is not None
-    (cell.dir / "runner.json").write_text(json.dumps({"in_process": in_process}))
+    resume_from = prepare_cell(cell, in_process=in_process)
     if in_process:
         cfg = load_config(cell.dir / "cell.yaml")
         try:
-            run_cell_in_process(cfg, model_factory, dev_at_start)
+            run_cell_in_process(cfg, model_factory, dev_at_start, resume_from)
         except Exception as e:  # one failed cell must not stop the study
             return False, f"{type(e).__name__}: {e}"
         return True, ""
-    cmd = [sys.executable, "-m", "hyft.compare", "--cell", str(cell.dir / "cell.yaml")]
-    if not dev_at_start:
-        cmd.append("--no_dev_at_start")
-    with open(cell.dir / "log.txt", "w", encoding="utf-8") as log:
+    cmd = cell_command(cell, dev_at_start=dev_at_start, resume_from=resume_from, threads=None)
+    with open(cell.dir / "log.txt", "a" if resume_from else "w", encoding="utf-8") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env()).returncode
-    if rc != 0:
-        tail = (cell.dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-        return False, f"exit {rc}: {tail[0] if tail else ''} (see {cell.dir / 'log.txt'})"
-    return True, ""
+    return (True, "") if rc == 0 else (False, _failure(cell, rc))
 
 
 # -- results -------------------------------------------------------------------------------------------------------
@@ -486,12 +611,17 @@ def collect(spec: CompareSpec, failures: dict[str, str] | None = None) -> list[d
     return rows
 
 
+def csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in fields})
+    return buf.getvalue()
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in CSV_FIELDS})
+    write_atomic(path, csv_text(rows, CSV_FIELDS))
 
 
 def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
@@ -566,19 +696,29 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
 
 def write_reports(spec: CompareSpec, failures: dict[str, str] | None = None) -> dict[str, Path]:
     rows = collect(spec, failures)
+    order = {c.key: i for i, c in enumerate(spec.cells())}  # failures in cell order, whatever finished first
+    failures = dict(sorted((failures or {}).items(), key=lambda kv: order.get(kv[0], len(order))))
     spec.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, spec.out / "compare.csv")
-    (spec.out / "compare.md").write_text(markdown(spec, rows), encoding="utf-8")
-    (spec.out / "compare.json").write_text(json.dumps({"rows": rows, "failures": failures or {}}, indent=1))
+    write_atomic(spec.out / "compare.md", markdown(spec, rows))
+    write_atomic(spec.out / "compare.json", json.dumps({"rows": rows, "failures": failures}, indent=1))
     pngs = plots(spec, rows)
     return {"csv": spec.out / "compare.csv", "markdown": spec.out / "compare.md", "plots": pngs}
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Temporary copies left by a kill in the middle of write_atomic or save_figure."""
+    for p in folder.glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
 def save_spec(spec: CompareSpec) -> None:
     spec.out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(spec.out)
+    remove_temporaries(spec.out / "plots")
     doc = {"base": spec.base, "methods": {v.name: v.overrides for v in spec.methods}, "tasks": spec.tasks,
            "seeds": spec.seeds, "target": spec.target, "eval_every": spec.eval_every}  # fmt: skip
-    (spec.out / "spec.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    write_atomic(spec.out / "spec.yaml", yaml.safe_dump(doc, sort_keys=False))
 
 
 def run_compare(
@@ -586,51 +726,136 @@ def run_compare(
     *,
     model_factory: Callable[[Config], tuple[Any, Any]] | None = None,
     in_process: bool = False,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every unfinished cell in order, then write compare.csv, compare.md, compare.json and plots/."""
+    """Run every unfinished cell (continuing those with a checkpoint), `jobs` at a time, then write compare.csv,
+    compare.md, compare.json and plots/. Reports are rewritten after every cell; rows are always in cell order."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number of concurrent cells, got {jobs}")
+    in_process = in_process or model_factory is not None
+    if in_process and jobs > 1:
+        raise ConfigError("--jobs: concurrent cells run as separate processes; drop --in_process (or use --jobs 1)")
     save_spec(spec)
     cells = spec.cells()
     for c in cells:  # a finished cell run with another config is not silently reused
         if c.done and (c.dir / "cell.yaml").is_file():
             old = yaml.safe_load((c.dir / "cell.yaml").read_text(encoding="utf-8"))
-            if old != yaml.safe_load(yaml.safe_dump(c.config, sort_keys=False)):
+            if old != _roundtrip(c.config):
                 raise ConfigError(
                     f"{c.dir}: finished with a different config than this comparison asks for; delete it or use "
                     "another --out"
                 )
     failures: dict[str, str] = {}
-    ran = skipped = 0
+    n = len(cells)
+    todo = []
     for i, c in enumerate(cells, 1):
         if c.done:
-            skipped += 1
-            log(f"[hyft] {i}/{len(cells)} {c.key}: finished earlier, skipped")
-            continue
-        t0 = time.perf_counter()
-        log(f"[hyft] {i}/{len(cells)} {c.key}: running")
-        ok, msg = run_cell(c, dev_at_start=spec.eval_start, model_factory=model_factory, in_process=in_process)
-        ran += 1
+            log(f"[hyft] {i}/{n} {c.key}: finished earlier, skipped")
+        else:
+            todo.append((i, c))
+    skipped = n - len(todo)
+
+    def finished(i: int, c: Cell, ok: bool, msg: str, t0: float) -> None:
         if ok:
-            log(f"[hyft] {i}/{len(cells)} {c.key}: done in {time.perf_counter() - t0:.0f} s")
+            log(f"[hyft] {i}/{n} {c.key}: done in {time.perf_counter() - t0:.0f} s")
         else:
             failures[c.key] = msg
-            log(f"[hyft] {i}/{len(cells)} {c.key}: FAILED {msg}")
+            log(f"[hyft] {i}/{n} {c.key}: FAILED {msg}")
         write_reports(spec, failures)  # partial results after every cell
+
+    if in_process:
+        for i, c in todo:
+            t0 = time.perf_counter()
+            log(f"[hyft] {i}/{n} {c.key}: running")
+            ok, msg = run_cell(c, dev_at_start=spec.eval_start, model_factory=model_factory, in_process=True)
+            finished(i, c, ok, msg, t0)
+    else:
+        _run_pool(spec, todo, n, jobs, finished, log)
     paths = write_reports(spec, failures)
-    return {"ran": ran, "skipped": skipped, "failures": failures, **paths}
+    return {"ran": len(todo), "skipped": skipped, "failures": failures, **paths}
+
+
+def _run_pool(spec: CompareSpec, todo: list[tuple[int, Cell]], n: int, jobs: int, finished, log) -> None:
+    """Keep up to `jobs` cell processes running, launched in cell order. Launching and reaping happen on this thread:
+    each child asks the kernel for SIGTERM when its parent dies (see _cell_main), which is tied to the thread that
+    started it."""
+    threads = threads_per_cell(jobs)
+    env = _subprocess_env(threads)
+    pending = list(todo)
+    running: list[tuple[subprocess.Popen, int, Cell, float, Any]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, c = pending.pop(0)
+                resume_from = prepare_cell(c, in_process=False, threads=threads)
+                how = f", continued from step {ckpt._step_of(resume_from)} ({resume_from})" if resume_from else ""
+                log(f"[hyft] {i}/{n} {c.key}: running{how}")
+                fh = open(c.dir / "log.txt", "a" if resume_from else "w", encoding="utf-8")  # noqa: SIM115 (closed when reaped)
+                cmd = cell_command(c, dev_at_start=spec.eval_start, resume_from=resume_from, threads=threads)
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+                running.append((proc, i, c, time.perf_counter(), fh))
+            done = [r for r in running if r[0].poll() is not None]
+            if not done:
+                time.sleep(0.05 if jobs > 1 else 0.02)
+                continue
+            for r in done:
+                running.remove(r)
+                proc, i, c, t0, fh = r
+                fh.close()
+                rc = proc.returncode
+                finished(i, c, rc == 0, "" if rc == 0 else _failure(c, rc), t0)
+    finally:
+        for proc, *_ in running:  # interrupted (Ctrl-C): the cells checkpoint on SIGINT/SIGTERM and exit
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, *_, fh in running:
+            proc.wait()
+            fh.close()
 
 
 # -- `python -m hyft.compare --cell cell.yaml`: the subprocess entry point ------------------------------------------
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send this process SIGTERM when the compare process that started it dies (whatever kills it),
+    so no orphaned cell keeps training (and writing) while the study is rerun; SIGTERM makes the trainer write a
+    checkpoint at the next step and stop. Elsewhere this is a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _cell_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m hyft.compare")
     p.add_argument("--cell", required=True)
     p.add_argument("--no_dev_at_start", action="store_true")
+    p.add_argument("--resume_from", help="a complete checkpoint of this cell to continue from")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (set when cells run concurrently)")
+    p.add_argument("--parent_pid", type=int, help="the compare process; this cell stops when it dies")
     args = p.parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"[hyft] cell {args.cell}: pid {os.getpid()}, {torch.get_num_threads()} torch thread(s)"
+          + (f", continuing from {args.resume_from}" if args.resume_from else ""))  # fmt: skip
     cfg = load_config(args.cell)
-    info = run_cell_in_process(cfg, None, not args.no_dev_at_start)
+    info = run_cell_in_process(
+        cfg, None, not args.no_dev_at_start, Path(args.resume_from) if args.resume_from else None
+    )
     print(f"[hyft] cell done: steps {info['steps']}, final {info['final']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_cell_main(sys.argv[1:]))
+    # Run the functions of the imported module, not of this __main__ copy, so hyft.compare is one module.
+    from hyft.compare import _cell_main as main
+
+    sys.exit(main(sys.argv[1:]))

@@ -144,7 +144,16 @@ def plot_curves(
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 0.87, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """savefig to a temporary file, then os.replace: a kill mid-write never leaves a torn image."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, **kwargs)
+    os.replace(tmp, path)

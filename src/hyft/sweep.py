@@ -3,11 +3,15 @@ diverges (loss NaN/inf or above a bound), the best finished run picked by dev ac
 
 The divergence check lives here, in a Trainer subclass (`after_step`), so it needs nothing from the Trainer beyond
 its hooks. The bound is --max_loss if given, else --diverge_factor times the first step's loss.
+
+Each finished trial leaves trials/NNN/trial.json (its config and result, written atomically), so the same sweep run
+again skips the trials that finished (ok or diverged) and reruns only the others: an interrupted sweep resumes at
+trial granularity. `heatmap` draws dev accuracy over two grid keys (e.g. zo.lr x fo.lr, the learning-rate landscape)
+with diverged cells marked, from the trial rows; heatmap.csv holds exactly the table the image shows.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -20,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from hyft.compare import config_from_dict, expand, merge, parse_value
+from hyft.compare import config_from_dict, csv_text, expand, merge, parse_value, remove_temporaries, write_atomic
 from hyft.config import ALIASES, Config, parse_overrides
 from hyft.errors import ConfigError, HyftError
 from hyft.methods import resolve
@@ -132,11 +136,15 @@ def run_sweep(
     max_loss: float | None = None,
     diverge_factor: float = 4.0,
     model_factory: Callable[[Config], tuple[Any, Any]] | None = None,
+    heatmap: tuple[str, str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the trials in order; return {'trials', 'best', 'best_config'} and write sweep.csv, sweep.json and
-    best.yaml (the base config with the winning values and the base's own train.steps) into `out`."""
+    """Run the trials in order (reusing those a previous run of the same sweep finished); return {'trials', 'best',
+    'best_config'} and write sweep.csv, sweep.json and best.yaml (the base config with the winning values and the
+    base's own train.steps) into `out`; with `heatmap` (two grid keys) also heatmap.png and heatmap.csv."""
     out = Path(out)
+    if heatmap is not None:
+        heatmap = check_heatmap_keys(heatmap, grid)
     if method is not None:
         base = merge(base, {"method": method})
     full_steps = int(base.get("train", {}).get("steps", Config().train.steps))
@@ -152,7 +160,15 @@ def run_sweep(
             raise ConfigError("data.n_dev: the sweep picks by dev accuracy; give it dev examples (n_dev > 0)")
         configs.append(cfg)
     trials = []
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)
     for i, (params, cfg) in enumerate(zip(points, configs)):
+        record = Path(cfg.train.output_dir) / "trial.json"
+        earlier = finished_trial(record, cfg)
+        if earlier is not None:
+            trials.append(earlier)
+            log(f"[hyft] trial {i + 1}/{len(points)} {params}: {earlier.status} (finished earlier, reused)")
+            continue
         trial = Trial(i, params)
         t0 = time.perf_counter()
         model = tok = None
@@ -173,31 +189,153 @@ def run_sweep(
             trial.status, trial.message = "failed", f"{type(e).__name__}: {e}"
         trial.seconds = time.perf_counter() - t0
         trials.append(trial)
+        if trial.status != "failed":  # a failure (e.g. out of memory) is tried again by the next run
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(record, json.dumps({"config": cfg.to_dict(), "row": trial.row()}, indent=1))
+        write_trials(trials, grid, out)  # progress after every trial
         log(f"[hyft] trial {i + 1}/{len(points)} {params}: {trial.status}"
             + (f", dev {trial.final_dev:.4f}" if trial.final_dev is not None else f" ({trial.message})"))  # fmt: skip
     ok = [t for t in trials if t.status == "ok" and t.final_dev is not None]
-    out.mkdir(parents=True, exist_ok=True)
     write_trials(trials, grid, out)
+    if heatmap is not None:
+        draw_heatmap([t.row() for t in trials], *heatmap, out)
     if not ok:
         raise HyftError(f"sweep: no trial finished without diverging ({len(trials)} tried); lower the learning rates")
     best = max(ok, key=lambda t: (t.final_dev, -(t.final_loss if t.final_loss is not None else math.inf), -t.index))
     best_cfg = merge(base, expand(best.params))
-    (out / "best.yaml").write_text(
+    config_from_dict(best_cfg, "best.yaml: ")
+    write_atomic(
+        out / "best.yaml",
         f"# hyft sweep: best of {len(trials)} trials by dev accuracy ({best.final_dev:.4f} after {best.steps} steps)\n"
         f"# {json.dumps(best.params)}\n" + yaml.safe_dump(best_cfg, sort_keys=False),
-        encoding="utf-8",
     )
-    config_from_dict(best_cfg, "best.yaml: ")
-    (out / "sweep.json").write_text(
-        json.dumps({"grid": grid, "trials": [t.row() for t in trials], "best": best.row()}, indent=1)
-    )
+    doc = {"grid": grid, "trials": [t.row() for t in trials], "best": best.row()}
+    write_atomic(out / "sweep.json", json.dumps(doc, indent=1))
     return {"trials": trials, "best": best, "best_config": best_cfg, "out": out}
+
+
+def finished_trial(record: Path, cfg: Config) -> Trial | None:
+    """The result a previous run of this sweep left for this trial, if it ran with exactly this config."""
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+        if doc["config"] != json.loads(json.dumps(cfg.to_dict())):
+            return None
+        row = dict(doc["row"])
+        index, status = row.pop("trial"), row.pop("status")
+        steps, dev, loss = row.pop("steps"), row.pop("final_dev"), row.pop("final_loss")
+        seconds, message = row.pop("seconds"), row.pop("message")
+        return Trial(index, row, status, steps, dev, loss, seconds, message)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_trials(trials: list[Trial], grid: dict[str, list[Any]], out: Path) -> None:
     fields = ["trial", *grid, "status", "steps", "final_dev", "final_loss", "seconds", "message"]
-    with open(out / "sweep.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for t in trials:
-            w.writerow(t.row())
+    write_atomic(out / "sweep.csv", csv_text([t.row() for t in trials], fields))
+
+
+def read_trials(out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a sweep's sweep.csv and its grid keys (the columns between `trial` and `status`)."""
+    import csv
+
+    path = out / "sweep.csv"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run the sweep first)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    if "trial" not in fields or "status" not in fields:
+        raise ConfigError(f"{path}: not a hyft sweep table")
+    return rows, fields[fields.index("trial") + 1 : fields.index("status")]
+
+
+# -- the learning-rate landscape -------------------------------------------------------------------------------------
+def check_heatmap_keys(keys: tuple[str, str] | list[str] | str, grid: dict[str, list[Any]]) -> tuple[str, str]:
+    """Two grid keys (aliases allowed), x first; every other grid key must have one value (else a cell would mix
+    several trials)."""
+    if isinstance(keys, str):
+        keys = [k.strip() for k in keys.split(",") if k.strip()]
+    keys = [ALIASES.get(k, k) for k in keys]
+    if len(keys) != 2 or keys[0] == keys[1]:
+        raise ConfigError(f"--heatmap: expected two different grid keys X,Y (e.g. zo.lr,fo.lr), got {keys}")
+    for k in keys:
+        if k not in grid:
+            raise ConfigError(f"--heatmap: {k} is not swept (grid keys: {', '.join(grid)})")
+    more = [k for k, v in grid.items() if k not in keys and len(v) > 1]
+    if more:
+        raise ConfigError(f"--heatmap: {', '.join(more)} also vary; a heatmap cell must be one trial")
+    return keys[0], keys[1]
+
+
+def heatmap_table(rows: list[dict[str, Any]], x: str, y: str) -> dict[str, Any]:
+    """The landscape from trial rows: sorted x and y values and per (y, x) the trial's status and final dev
+    accuracy (None unless it finished). Missing grid points (a --random subset) have status 'missing'."""
+    xs = sorted({_num(r[x]) for r in rows})
+    ys = sorted({_num(r[y]) for r in rows})
+    cells = {(_num(r[y]), _num(r[x])): r for r in rows}
+    table = []
+    for yv in ys:
+        line = []
+        for xv in xs:
+            r = cells.get((yv, xv))
+            status = r["status"] if r else "missing"
+            dev = r.get("final_dev") if r and status == "ok" else None
+            line.append({"status": status, "final_dev": None if dev in (None, "") else float(dev),
+                         "trial": r["trial"] if r else None})  # fmt: skip
+        table.append(line)
+    return {"x": x, "y": y, "xs": xs, "ys": ys, "cells": table}
+
+
+def _num(value: Any) -> Any:
+    """A grid value as a number where it is one (sweep.csv gives strings), else as it is."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def heatmap_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table in long form: one row per cell (what heatmap.csv holds)."""
+    x, y = table["x"], table["y"]
+    return [{y: yv, x: xv, "trial": c["trial"], "status": c["status"], "final_dev": c["final_dev"]}
+            for yv, line in zip(table["ys"], table["cells"]) for xv, c in zip(table["xs"], line)]  # fmt: skip
+
+
+def draw_heatmap(rows: list[dict[str, Any]], x: str, y: str, out: Path) -> dict[str, Any]:
+    """heatmap.png (dev accuracy per cell, diverged cells hatched and labelled) and heatmap.csv into `out`."""
+    from hyft.report import _pyplot, save_figure
+
+    table = heatmap_table(rows, x, y)
+    write_atomic(out / "heatmap.csv", csv_text(heatmap_rows(table), [y, x, "trial", "status", "final_dev"]))
+    plt = _pyplot()
+    values = [[math.nan if c["final_dev"] is None else c["final_dev"] for c in line] for line in table["cells"]]
+    nx, ny = len(table["xs"]), len(table["ys"])
+    fig, ax = plt.subplots(figsize=(1.6 * nx + 2.5, 1.0 * ny + 1.8))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    finite = [v for line in values for v in line if math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-9, aspect="auto", origin="lower")
+    for i, line in enumerate(table["cells"]):
+        for j, c in enumerate(line):
+            if c["final_dev"] is not None:
+                v = c["final_dev"]
+                dark = (v - lo) / (hi - lo) < 0.5 if hi > lo else True
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if dark else "black", fontsize=9)
+            else:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#b22222",
+                                           linewidth=0))  # fmt: skip
+                ax.text(j, i, c["status"], ha="center", va="center", color="#b22222", fontsize=9, weight="bold",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 2})  # fmt: skip
+    label = lambda k, v: "0 (FO twin)" if v == 0 and k == "zo.lr" else f"{v:g}"
+    ax.set_xticks(range(nx), [label(x, v) for v in table["xs"]])
+    ax.set_yticks(range(ny), [label(y, v) for v in table["ys"]])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    steps = sorted({int(r["steps"]) for r in rows if r.get("status") == "ok" and r.get("steps") not in (None, "")})
+    ax.set_title(f"final dev accuracy over {x} x {y}" + (f" ({steps[-1]} steps)" if steps else ""))
+    fig.colorbar(im, ax=ax, label="final dev accuracy")
+    fig.tight_layout()
+    save_figure(fig, out / "heatmap.png", dpi=110)
+    plt.close(fig)
+    return table

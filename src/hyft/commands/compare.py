@@ -1,8 +1,9 @@
 """hyft compare --config FILE.yaml --methods ft,lora,... --tasks sst2,rte --seeds 0,1,2 [--out DIR] [--section.key V]
 
-Runs every (task, seed, method) cell in sequence, each in a fresh subprocess (peak memory per cell), skipping cells
-that finished earlier (their run.json exists), then writes compare.csv, compare.md (mean ± std over seeds),
-compare.json and plots/<task>.png into --out. Method names and variants: see hyft/compare.py or docs/results.md.
+Runs every (task, seed, method) cell, --jobs N at a time, each in a fresh subprocess (peak memory per cell), skipping
+cells that finished earlier (their run.json exists) and continuing interrupted ones from their latest checkpoint
+(train.save_every), then writes compare.csv, compare.md (mean ± std over seeds), compare.json and plots/<task>.png
+into --out. Method names and variants: see hyft/compare.py or docs/results.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="method whose final dev accuracy is the target (default lora), an accuracy, "
                                     "or none")  # fmt: skip
     p.add_argument("--eval_every", type=int, help="dev evaluation every K steps (default train.steps // 10)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="cells run at once, each in its own process (CPU: cores // N torch threads each; one GPU: "
+                        "shared); results equal --jobs 1")  # fmt: skip
     p.add_argument(
         "--in_process",
         action="store_true",
@@ -38,13 +42,15 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     cells = spec.cells()
     if args.dry_run:
         for c in cells:
-            print(f"{'done   ' if c.done else 'pending'} {c.key}  {c.dir}")
+            point = None if c.done else c.resume_point()
+            state = "done   " if c.done else "pending" + (f" (continues from {point.name})" if point else "")
+            print(f"{state} {c.key}  {c.dir}")
         print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
         return 0
     if args.report_only:
         paths = write_reports(spec)
     else:
-        result = run_compare(spec, in_process=args.in_process)
+        result = run_compare(spec, in_process=args.in_process, jobs=args.jobs)
         paths = result
         print(f"[hyft] ran {result['ran']} cell(s), skipped {result['skipped']} finished")
         if result["failures"]:
