@@ -481,3 +481,28 @@ def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert json.loads((cell / "runner.json").read_text())["resumed_from"].endswith("step-00000004")
     assert _untimed(tmp_path / "cut") == _untimed(tmp_path / "ref")
     _same_cells(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_compare_reports_probe_columns_and_the_share_panel(saved_model, tmp_path):
+    """Cells run with probes carry the probe summary and the ZO ablation into the CSV, and the plot gets a third
+    row (ZO vs FO share of the probe-batch loss change); cells without probes leave those columns empty."""
+    import matplotlib.image
+
+    cfg = base_config(tmp_path / "c.yaml", saved_model)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--config", str(cfg), "--methods", "lora,hybrid", "--seeds", "0", "--out", str(out),
+            "--train.probe_every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    rows = {r["method"]: r for r in _rows(out)}
+    run = json.loads((out / "cells" / "sst2" / "hybrid" / "seed0" / "run.json").read_text())
+    for key in compare.PROBE_FIELDS:
+        assert rows["hybrid"][key] != "", key
+    assert float(rows["hybrid"]["probe_zo_share"]) == pytest.approx(run["probe"]["zo_share"])
+    assert float(rows["hybrid"]["ablation_test_zo_points"]) == run["ablation"]["test"]["zo_points"]
+    assert rows["lora"]["probe_drift"] == "" and rows["lora"]["ablation_test_zo_points"] == ""
+    three_rows = matplotlib.image.imread(out / "plots" / "sst2.png").shape[0]
+    assert (
+        main(["compare", "--config", str(cfg), "--methods", "lora", "--seeds", "0", "--out", str(tmp_path / "b")]) == 0
+    )
+    two_rows = matplotlib.image.imread(tmp_path / "b" / "plots" / "sst2.png").shape[0]
+    assert three_rows > 1.3 * two_rows

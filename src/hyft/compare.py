@@ -52,11 +52,16 @@ SUFFIXES = {
     **{k: ("zo", "schedule") for k in ("onesided", "central", "alternating")},
 }
 COMPARE_KEYS = {"methods", "tasks", "seeds", "variants", "target", "eval_every", "out", "eval_start"}
+# From run.json's probe summary and ZO ablation (docs/probes.md); empty for cells run without probes.
+PROBE_FIELDS = [
+    "probe_zo_share", "probe_cum_df_zo", "probe_cum_df_fo", "probe_drift", "probe_median_ratio_onesided",
+    "probe_median_abs_cos_update", "probe_median_zo_lr_over_scale", "ablation_dev_zo_points", "ablation_test_zo_points",
+]  # fmt: skip
 CSV_FIELDS = [
     "task", "method", "seed", "status", "steps", "final_test", "final_dev", "best_dev", "best_dev_step", "target",
     "steps_to_target", "seconds_to_target", "wall_time_s", "train_time_s", "time_per_step_s", "peak_memory_mb",
     "memory_kind", "forwards_per_step", "backwards_per_step", "trainable_params", "zo_params", "n_dev", "n_test",
-    "metric",
+    "metric", *PROBE_FIELDS,
 ]  # fmt: skip
 
 
@@ -581,7 +586,34 @@ def cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
         "n_dev": dev[-1]["n"] if dev else 0,
         "n_test": test[-1]["n"] if test else 0,
         "metric": (dev or test or [{}])[-1].get("metric", "accuracy"),
+        **probe_columns(run),
     }
+
+
+def probe_columns(run: dict[str, Any]) -> dict[str, Any]:
+    probe, abl = run.get("probe") or {}, run.get("ablation") or {}
+    out = {f"probe_{k}": probe.get(k) for k in ("zo_share", "cum_df_zo", "cum_df_fo", "drift")}
+    for k in ("ratio_onesided", "abs_cos_update", "zo_lr_over_scale"):
+        out[f"probe_median_{k}"] = probe.get(f"median_{k}")
+    for split in ("dev", "test"):
+        out[f"ablation_{split}_zo_points"] = (abl.get(split) or {}).get("zo_points")
+    return out
+
+
+def read_probes(d: Path) -> list[dict[str, Any]]:
+    """A cell's probe records from its metrics.jsonl."""
+    p = d / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and r.get("probe_applied"):
+            rows.append(r)
+    return rows
 
 
 def targets(spec: CompareSpec, cells: list[Cell]) -> dict[tuple[str, int], float | None]:
@@ -675,6 +707,7 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
     for task in spec.tasks:
         dev: dict[str, list] = {}
         loss: dict[str, list] = {}
+        share: dict[str, list] = {}
         for c in spec.cells():
             if c.task != task or not c.done:
                 continue
@@ -683,6 +716,11 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
                 [(r["step"], r["train_s"], r["value"]) for r in curve if r.get("split") == "dev"]
             )
             loss.setdefault(c.method, []).append([(r["step"], r["train_s"], r["loss"]) for r in curve if "loss" in r])
+            probes = read_probes(c.dir)
+            if probes:  # (step, cumulative df of the ZO update, of the FO update) on the probe batch
+                share.setdefault(c.method, []).append(
+                    [(r["step"], r["probe_cum_df_zo"], r["probe_cum_df_fo"]) for r in probes]
+                )
         if not dev:
             continue
         tg = [r["target"] for r in rows if r["task"] == task and r.get("target") is not None]
@@ -690,7 +728,7 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
         steps = max(r["steps"] for r in rows if r["task"] == task and r["status"] == "ok")
         title = f"{task}: mean over seeds {spec.seeds} (band: ± std)"
         out.append(plot_curves(spec.out / "plots" / f"{task}.png", title, dev, loss, target=target,
-                               smooth_window=max(1, steps // 20, min(3, steps))))  # fmt: skip
+                               smooth_window=max(1, steps // 20, min(3, steps)), share=share))  # fmt: skip
     return out
 
 

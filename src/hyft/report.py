@@ -108,11 +108,15 @@ def plot_curves(
     *,
     target: float | None = None,
     smooth_window: int = 1,
+    share: dict[str, Sequence[Sequence[tuple[float, float, float]]]] | None = None,
 ) -> Path:
     """One PNG with four panels, one line per method (mean over seeds, band = ± std): dev accuracy and training
-    loss, each against steps and against training seconds."""
+    loss, each against steps and against training seconds. With `share` (per method and seed: (step, cumulative
+    loss change from the ZO update, from the FO update) at probe steps) a third row: the ZO share of the loss
+    decrease, and both cumulative changes, against steps."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    rows = 3 if share else 2
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4 * rows))
     panels = [(dev, "dev accuracy", 0), (loss, "training loss", 1)]
     # Methods that learn the same thing (e.g. hybrid at a tiny ZO lr and its FO-PEFT twin) draw on top of each
     # other: a fixed colour, dash pattern and marker per method keeps every line findable.
@@ -140,6 +144,8 @@ def plot_curves(
             ylab = ylabel if row == 0 or smooth_window <= 1 else f"{ylabel} (moving average of {smooth_window} steps)"
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
+    if share:
+        _share_panels(axes[2], share, style)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(title)
@@ -147,6 +153,27 @@ def plot_curves(
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _share_panels(axes, share, style) -> None:
+    """Probe rows: ZO share cum_zo / (cum_zo + cum_fo) of the probe-batch loss change, and both cumulative changes."""
+    for method, runs in share.items():
+        color, dash, marker = style.get(method, ("black", "-", "o"))
+        frac = [[(s, s, z / (z + f) if z + f else float("nan")) for s, z, f in run] for run in runs]
+        pts = average_curves(frac)
+        axes[0].plot([p[0] for p in pts], [p[2] for p in pts], label=method, color=color, linestyle=dash,
+                     marker=marker, markersize=4)  # fmt: skip
+        for idx, (name, ls) in enumerate((("ZO", "-"), ("FO", ":"))):
+            pts = average_curves([[(s, s, (z, f)[idx]) for s, z, f in run] for run in runs])
+            axes[1].plot([p[0] for p in pts], [p[2] for p in pts], color=color, linestyle=ls, marker=marker,
+                         markersize=3, label=f"{method} {name}")  # fmt: skip
+    axes[0].set_xlabel("steps")
+    axes[0].set_ylabel("ZO share of the probe-batch loss change")
+    axes[1].set_xlabel("steps")
+    axes[1].set_ylabel("cumulative loss change on the probe batch (solid ZO, dotted FO)")
+    axes[1].legend(fontsize=6)
+    for ax in axes:
+        ax.grid(alpha=0.3)
 
 
 def save_figure(fig, path: Path, **kwargs) -> None:
