@@ -197,3 +197,22 @@ def merge_dict(a, b):
     from hyft.compare import merge
 
     return merge(a, b)
+
+
+def test_grid_from_a_probed_runs_step_size_scale(tmp_path):
+    from runs import make_trainer
+
+    info = make_trainer(tmp_path / "run", "hybrid", 2, ["--train.probe_every", "1"]).fit()
+    scale = info["probe"]["median_zo_lr_scale"]
+    grid = parse_grid([f"zo.lr=probe:{tmp_path / 'run'}", "fo.lr=1e-3"])
+    assert grid["fo.lr"] == [1e-3]
+    assert grid["zo.lr"] == [float(f"{scale * f:.2g}") for f in (1e-3, 1e-2, 1e-1, 1.0)]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["probe"]["median_zo_lr_scale"] == scale
+    with pytest.raises(ConfigError, match="only works for zo.lr and fo.lr"):
+        parse_grid([f"zo.mu=probe:{tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_grid([f"zo.lr=probe:{tmp_path / 'nothing'}"])
+    plain = make_trainer(tmp_path / "plain", "hybrid", 1).fit()
+    assert plain["probe"] is None
+    with pytest.raises(ConfigError, match="has no zo step-size scale"):
+        parse_grid([f"zo.lr=probe:{tmp_path / 'plain'}"])

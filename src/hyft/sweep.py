@@ -85,7 +85,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid: expected key=v1,v2,... got {item!r}")
         key, values = item.split("=", 1)
         key = ALIASES.get(key.strip(), key.strip())
-        vals = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        if values.strip().startswith("probe:"):
+            vals = probe_grid(key, values.strip()[len("probe:") :])
+        else:
+            vals = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
         if not key or not vals:
             raise ConfigError(f"--grid: {item!r} has no key or no values")
         if key in grid:
@@ -94,6 +97,28 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     if not grid:
         raise ConfigError("--grid: nothing to sweep")
     return grid
+
+
+PROBE_DECADES = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def probe_grid(key: str, run_dir: str) -> list[float]:
+    """zo.lr=probe:RUN or fo.lr=probe:RUN: four decades below the step-size scale a probed run measured
+    (run.json probe.median_zo_lr_scale = 1/z^T H z, or median_fo_lr_scale; docs/probes.md), largest last. The
+    scale is the step that is optimal along the direction; the paper's bound 1/(curvature * n) lies inside."""
+    group = {"zo.lr": "zo", "fo.lr": "fo"}.get(key)
+    if group is None:
+        raise ConfigError(f"--grid: {key}=probe:... only works for zo.lr and fo.lr")
+    path = Path(run_dir).expanduser()
+    run = path / "run.json" if path.is_dir() else path
+    try:
+        summary = json.loads(run.read_text(encoding="utf-8")).get("probe") or {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--grid: {key}=probe:{run_dir}: cannot read {run} ({type(e).__name__})") from None
+    scale = summary.get(f"median_{group}_lr_scale")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"--grid: {run} has no {group} step-size scale (run it with --train.probe_every N)")
+    return [float(f"{scale * f:.2g}") for f in PROBE_DECADES]
 
 
 def trial_params(grid: dict[str, list[Any]], random_n: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
