@@ -65,3 +65,20 @@ def test_help_lists_every_key():
     text = "\n".join(describe())
     for key in ("--zo.lr", "--fo.optimizer", "--peft.type", "--train.dropout", "--zo.rounding"):
         assert key in text
+
+
+def test_nested_override_merges_into_a_mapping(tmp_path):
+    """--data.dataset.train X replaces that key only; the dataset's type, template, ... stay."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  task: user\n  dataset: {type: classification, train: a.jsonl, template: '{x}'}\n")
+    cfg = load_config(path, ["--data.dataset.train", "b.jsonl"])
+    assert cfg.data.dataset == {"type": "classification", "train": "b.jsonl", "template": "{x}"}
+    cfg = load_config(path, ["--data.options.size", "xs"])
+    assert cfg.data.options == {"size": "xs"}
+
+
+def test_a_setting_for_a_missing_group_says_how_to_proceed():
+    from hyft.validate import check_config
+
+    with pytest.raises(ConfigError, match="drop the zo: setting for this method, or run several methods"):
+        check_config(load_config(None, ["--method", "lora", "--zo.lr", "1e-4"]))

@@ -258,8 +258,19 @@ def _apply(obj: Any, data: dict[str, Any], loc: Any, origin: dict[str, str], pat
                 raise ConfigError(f"{loc(full, True)}{'.'.join(full)}: expected a mapping, got {type(value).__name__}")
             _apply(getattr(obj, key), value, loc, origin, full)
         else:
-            setattr(obj, key, _coerce(value, tp, loc(full, True) + ".".join(full)))
+            value = _coerce(value, tp, loc(full, True) + ".".join(full))
+            old = getattr(obj, key)
+            if isinstance(value, dict) and isinstance(old, dict):  # --data.dataset.train X keeps the rest
+                value = _merged(old, value)
+            setattr(obj, key, value)
             origin[".".join(full)] = loc(full, True)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _yaml_lines(text: str) -> dict[tuple[str, ...], tuple[int, int]]:

@@ -107,7 +107,12 @@ def check_config(cfg: Config) -> Method:
     for key in ("zo.lr", "zo.mu", "zo.queries", "zo.schedule", "zo.momentum", "fo.lr", "fo.momentum"):
         has, group = groups[key[:2]]
         if not has and explicitly_set(cfg, key) and _get(cfg, key) != _get(_DEFAULT, key):
-            raise _err(cfg, key, f"method {cfg.method!r} has no {group} group to apply it to")
+            raise _err(
+                cfg,
+                key,
+                f"method {cfg.method!r} has no {group} group to apply it to; drop the {key.split('.')[0]}: "
+                "setting for this method, or run several methods from one config side by side with hyft compare",
+            )
     if cfg.model.gradient_checkpointing and t.dropout == "off":
         raise _err(
             cfg,
