@@ -11,8 +11,11 @@ enough to replay the whole ZO trajectory onto the original weights.
 Two implementations of the ZO perturbation and update (`kernels`): the torch reference (`hyft.zo.perturb`, per tensor,
 torch.randn directions) and the fused kernels (`hyft.zo.kernels`, Triton on CUDA: one read and one write of every
 weight per pass, many tensors per launch, counter-based Philox directions). "auto" takes the fused path when the ZO
-tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton overrides auto). The two draw
-different directions; within a run the choice is fixed at the first perturbation or update.
+tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton|blocked overrides auto). A third,
+"blocked" (`hyft.zo.blocked`), is the CPU fast path: the reference's formulas with directions drawn per block of a
+tensor by a thread pool. auto never picks it: it draws other directions than torch, and CPU runs, their ledgers and
+checkpoints stay on the reference generator unless asked. The three draw different directions; within a run the
+choice is fixed at the first perturbation or update, and the ledger records it (`generator`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_ten
 from hyft.zo.rng import DIRECTION, ROUNDING, mix
 
 FO_OPTIMIZERS = ("sgd", "adamw")
-KERNELS = ("auto", "torch", "triton", "emulate")  # emulate: the fused engine with torch math (tests, CPU)
+KERNELS = ("auto", "torch", "triton", "blocked", "emulate")  # emulate: the fused engine with torch math (tests)
+# The direction generator each choice of kernels draws from, as recorded in the ledger ("generator"; absent: torch).
+GENERATORS = {"torch": "torch", "fused": "philox", "blocked": "blocked"}
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -63,7 +68,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         if fo_optimizer not in FO_OPTIMIZERS:
             raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
         if kernels not in KERNELS:
-            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:3]}")
+            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:4]}")
         if scratch not in zk.SCOPES:
             raise ValueError(f"unknown ZO scratch scope {scratch!r}; choose from {zk.SCOPES}")
         self.fo: torch.optim.Optimizer | None = None
@@ -95,6 +100,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.zo_step = 0  # counts applied ZO updates: the step key of every direction
         self.model, self.kernels, self.scratch = model, kernels, scratch
         self._fused: zk.FusedZO | None = None
+        self._kind = "torch"
         self._resolved = False
         self._grads: torch.Tensor | None = None
         self._micro = 0
@@ -118,8 +124,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         if mode == "auto":
             mode = os.environ.get("HYFT_ZO_KERNELS", "auto") or "auto"
             if mode not in KERNELS:
-                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:3]}")
-        if mode == "torch" or not self.zo_tensors:
+                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:4]}")
+        self._kind = "blocked" if mode == "blocked" else "torch"
+        if mode in ("torch", "blocked") or not self.zo_tensors:
             return None
         if mode == "auto" and self.zo_tensors[0].param.device.type != "cuda":
             return None  # auto means CUDA only: Triton's CPU interpreter (TRITON_INTERPRET=1) is for tests
@@ -131,11 +138,22 @@ class HybridOptimizer(torch.optim.Optimizer):
             if mode == "auto":
                 return None
             raise ValueError(f"zo.kernels={mode}: the fused path cannot run here: {reason}")
+        self._kind = "fused"
         return zk.FusedZO(self.model, self.zo_tensors, scope=self.scratch, backend=backend)
 
+    @property
+    def direction_kind(self) -> str:
+        """Direction.kernel of this run's directions: torch, fused or blocked (decided with `fused`)."""
+        _ = self.fused
+        return self._kind
+
+    @property
+    def generator(self) -> str:
+        """The direction generator, as the ledger records it: torch, philox (fused kernels) or blocked."""
+        return GENERATORS[self.direction_kind]
+
     def direction(self, query: int) -> Direction:
-        kind = "torch" if self.fused is None else "fused"
-        return Direction(self.seed, self.zo_step, query, self.distribution, kind)
+        return Direction(self.seed, self.zo_step, query, self.distribution, self.direction_kind)
 
     def perturb(self, query: int, sign: float):
         """Context manager: forwards inside it see x + sign * mu * z_query (x itself is never written)."""
@@ -185,7 +203,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         if self.fused is not None:
             self._apply_zo_fused(coeffs, step)
             return
-        directions = [Direction(self.seed, step, j, self.distribution) for j in range(len(coeffs))]
+        kind = self.direction_kind
+        directions = [Direction(self.seed, step, j, self.distribution, kind) for j in range(len(coeffs))]
         for t in self.zo_tensors:
             state = self._zo_state(t)
             apply_update(

@@ -202,6 +202,10 @@ class ShardedHybridOptimizer(HybridOptimizer):
         self._model, self.chunk_numel = model, chunk_numel
         self.shards = {t.index: shard_of(t.param) for t in self.zo_tensors}
 
+    @property
+    def generator(self) -> str:
+        return "chunked"
+
     def direction(self, query: int) -> ChunkedDirection:
         return ChunkedDirection(self.seed, self.zo_step, query, self.distribution, self.chunk_numel)
 
