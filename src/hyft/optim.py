@@ -21,12 +21,14 @@ choice is fixed at the first perturbation or update, and the ledger records it (
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from hyft.guard import SIXTEEN_BIT, realised_scale
 from hyft.zo import kernels as zk
 from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
 from hyft.zo.rng import DIRECTION, ROUNDING, mix
@@ -35,6 +37,19 @@ FO_OPTIMIZERS = ("sgd", "adamw")
 KERNELS = ("auto", "torch", "triton", "blocked", "emulate")  # emulate: the fused engine with torch math (tests)
 # The direction generator each choice of kernels draws from, as recorded in the ledger ("generator"; absent: torch).
 GENERATORS = {"torch": "torch", "fused": "philox", "blocked": "blocked"}
+EXCLUDABLE_SHARE = 0.1  # at most this share of the ZO elements is left out for a perturbation that rounds away
+
+
+def _report_excluded(model: nn.Module, excluded, mu: float, threshold: float) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    listed = ", ".join(f"{names.get(id(t.param), t.index)} ({r:.2f})" for t, r in excluded[:6])
+    more = f" and {len(excluded) - 6} more" if len(excluded) > 6 else ""
+    print(
+        f"[hyft] zo: {len(excluded)} 16-bit ZO tensors left out of the ZO group (frozen): a perturbation of mu {mu:g} "
+        f"mostly rounds away in their dtype, realised/intended scale under {threshold:g}: {listed}{more}. "
+        "Raise zo.mu, train in float32, or set zo.min_perturbation_scale 0 to keep them",
+        file=sys.stderr,
+    )
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -60,11 +75,14 @@ class HybridOptimizer(torch.optim.Optimizer):
         seed: int = 0,
         kernels: str = "auto",
         scratch: str = "block",
+        min_perturbation_scale: float = 0.9,
     ):
         fo_params = [p for p in fo_params]
         zo_list = [p for p in zo_params]
         if not fo_params and not zo_list:
             raise ValueError("HybridOptimizer needs at least one FO or ZO parameter")
+        if not 0 <= min_perturbation_scale <= 1:
+            raise ValueError(f"min_perturbation_scale {min_perturbation_scale} is not in [0, 1]")
         if fo_optimizer not in FO_OPTIMIZERS:
             raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
         if kernels not in KERNELS:
@@ -82,7 +100,25 @@ class HybridOptimizer(torch.optim.Optimizer):
                 g["kind"] = "fo"
             groups.extend(self.fo.param_groups)
         self.zo_tensors: list[ZOTensor] = zo_tensors(model, zo_list) if zo_list else []
-        if zo_list:
+        # 16-bit tensors whose perturbation mostly rounds away in the forward (bf16 norm weights near 1: a realised
+        # scale ~0.23 of mu*z) would feed the estimate at the wrong scale: they are left out of ZO, with the reason
+        # printed, as long as they are a small part of the ZO weights (norms: a few kB). When more is lost, mu does
+        # not fit the dtype at all: nothing is left out and the trainer's resolution warning says so. Indices stay as
+        # they were, so every other tensor keeps its directions. fp32 tensors are never checked.
+        self.excluded_zo: list[tuple[ZOTensor, float]] = []
+        if min_perturbation_scale > 0 and any(t.param.dtype in SIXTEEN_BIT for t in self.zo_tensors):
+            scales = [
+                realised_scale(t.param, mu, distribution) if t.param.dtype in SIXTEEN_BIT else 1.0
+                for t in self.zo_tensors
+            ]
+            low = [(t, r) for t, r in zip(self.zo_tensors, scales) if r < min_perturbation_scale]
+            total = sum(t.param.numel() for t in self.zo_tensors)
+            if low and sum(t.param.numel() for t, _ in low) <= EXCLUDABLE_SHARE * total:
+                self.excluded_zo = low
+                gone = {t.index for t, _ in low}
+                self.zo_tensors = [t for t in self.zo_tensors if t.index not in gone]
+                _report_excluded(model, self.excluded_zo, mu, min_perturbation_scale)
+        if self.zo_tensors:
             groups.append(
                 dict(
                     params=[t.param for t in self.zo_tensors],
