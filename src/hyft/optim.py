@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hyft.guard import SIXTEEN_BIT, realised_scale
+from hyft.zo import blocked as zb
 from hyft.zo import kernels as zk
 from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
 from hyft.zo.rng import DIRECTION, ROUNDING, mix
@@ -241,12 +242,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             return
         kind = self.direction_kind
         directions = [Direction(self.seed, step, j, self.distribution, kind) for j in range(len(coeffs))]
+        jobs = []
         for t in self.zo_tensors:
             state = self._zo_state(t)
-            apply_update(
-                t,
-                directions,
-                coeffs,
+            kw = dict(
                 lr=group["lr"],
                 weight_decay=group["weight_decay"],
                 momentum=group["momentum"],
@@ -255,6 +254,11 @@ class HybridOptimizer(torch.optim.Optimizer):
                 rounding=self.rounding,
                 rounding_seed=mix(self.seed, step),
             )
+            if kind == "blocked":  # all tensors' blocks in one go: the pool also splits the many small tensors
+                jobs.append(zb.update_job(t, directions, coeffs, **kw))
+            else:
+                apply_update(t, directions, coeffs, **kw)
+        zb.run_jobs(jobs)
         # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
         self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
         self.zo_step = step + 1

@@ -80,24 +80,46 @@ def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.
     raise ValueError(f"unknown direction distribution {direction.distribution!r}")
 
 
-def _run(n_blocks: int, work: Callable[[int, int, dict], None]) -> None:
-    """work(first_block, stop_block, scratch) over [0, n_blocks), split into contiguous ranges over the pool."""
+Job = tuple[int, Callable[[int, int, dict], None]]  # (blocks, work(first_block, stop_block, scratch))
+_local = threading.local()  # per thread: reused block buffers
+
+
+def _scratch() -> dict:
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = {}
+    return s
+
+
+def run_jobs(jobs: Sequence[Job]) -> None:
+    """Every job's blocks in contiguous ranges over the pool (one pool for many tensors: small ones too)."""
     global _pool, _pool_size
-    threads = max(1, min(torch.get_num_threads(), n_blocks))
+    total = sum(n for n, _ in jobs)
+    threads = max(1, min(torch.get_num_threads(), total))
     if threads == 1:
-        work(0, n_blocks, {})
+        for n, work in jobs:
+            work(0, n, _scratch())
         return
     with _lock:
         if _pool is None or _pool_size < threads:
             if _pool is not None:
                 _pool.shutdown(wait=True)
             _pool, _pool_size = ThreadPoolExecutor(threads, thread_name_prefix="hyft-zo"), threads
-    # more ranges than threads: the shared CPU is uneven, idle threads pick up the rest
-    ranges = min(n_blocks, threads * 4)
-    bounds = [n_blocks * i // ranges for i in range(ranges + 1)]
-    futures = [_pool.submit(work, bounds[i], bounds[i + 1], {}) for i in range(ranges)]
+    # about 4 ranges per thread: the shared CPU is uneven, idle threads pick up the rest
+    size = max(1, -(-total // (threads * 4)))
+    futures = [
+        _pool.submit(_task, work, first, min(n, first + size)) for n, work in jobs for first in range(0, n, size)
+    ]
     for f in futures:
         f.result()
+
+
+def _task(work, first: int, stop: int) -> None:
+    work(first, stop, _scratch())
+
+
+def _run(n_blocks: int, work: Callable[[int, int, dict], None]) -> None:
+    run_jobs([(n_blocks, work)])
 
 
 def _buf(scratch: dict, key: str, device: torch.device) -> torch.Tensor:
@@ -160,7 +182,12 @@ def perturbed_value(t: ZOTensor, direction: Direction, scale: float, out: torch.
     return out
 
 
-def apply_update(
+def apply_update(t: ZOTensor, directions: Sequence[Direction], coeffs: torch.Tensor, **kw) -> None:
+    """`perturb.apply_update` for blocked directions: the same formula, one block at a time, in the thread pool."""
+    run_jobs([update_job(t, directions, coeffs, **kw)])
+
+
+def update_job(
     t: ZOTensor,
     directions: Sequence[Direction],
     coeffs: torch.Tensor,
@@ -172,8 +199,8 @@ def apply_update(
     master: torch.Tensor | None = None,
     rounding: str = "stochastic",
     rounding_seed: int = 0,
-) -> None:
-    """`perturb.apply_update` for blocked directions: the same formula, one block at a time, in the thread pool."""
+) -> Job:
+    """The update of tensor t as a job for `run_jobs` (see `apply_update`)."""
     w = t.param.data
     flat = w.view(-1)
     n = flat.numel()
@@ -216,4 +243,4 @@ def apply_update(
                     new = stochastic_round(new, w.dtype, g)
                 x.copy_(new)
 
-    _run(nblocks(n), work)
+    return nblocks(n), work
