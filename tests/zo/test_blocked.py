@@ -39,9 +39,9 @@ def test_each_block_is_its_own_keyed_draw(dist):
         g = generator(mix(DIRECTION, 5, 7, 1, t.index, b), "cpu")
         if dist == "gaussian":
             want = torch.randn(m, generator=g)
-        else:  # element 32k + i is -1 where bit i of word k is set
-            words = torch.randint(-(1 << 31), 1 << 31, ((m + 31) // 32,), generator=g, dtype=torch.int32)
-            bits = (words[:, None] >> torch.arange(32, dtype=torch.int32)) & 1
+        else:  # element 64k + i is -1 where bit i of word k is set
+            words = torch.empty((m + 63) // 64, dtype=torch.int64).random_(-(1 << 63), None, generator=g)
+            bits = (words[:, None] >> torch.arange(64)) & 1
             want = (1 - 2 * bits).float().view(-1)[:m]
         assert torch.equal(z[b * B : b * B + m], want)
     if dist == "rademacher":
