@@ -256,8 +256,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             )
             if kind == "blocked":  # all tensors' blocks in one go: the pool also splits the many small tensors
                 jobs.append(zb.update_job(t, directions, coeffs, **kw))
-            else:
-                apply_update(t, directions, coeffs, **kw)
+            else:  # each tensor has its own generators: tensors updated side by side give the very same numbers
+                jobs.append((1, lambda a, b, s, t=t, kw=kw: apply_update(t, directions, coeffs, **kw)))
         zb.run_jobs(jobs)
         # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
         self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))

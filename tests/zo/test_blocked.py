@@ -226,3 +226,28 @@ def test_zo_tensors_order_is_the_key():
     ts = zo_tensors(model, list(model.parameters()))
     d = Direction(0, 0, 0, "rademacher", "blocked")
     assert not torch.equal(d.z(ts[1]).view(-1)[:32], d.z(ZOTensor(2, ts[1].param, ())).view(-1)[:32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_update_on_threads_gives_the_serial_numbers(dtype, threads):
+    """The torch generator's tensors are updated side by side by the pool: the numbers must not change."""
+    results = []
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        model = tiny_model("llama", dtype)
+        opt = HybridOptimizer(model, zo_params=list(model.parameters()), zo_lr=1e-2, seed=3, kernels="torch",
+                              zo_momentum=0.5, min_perturbation_scale=0.0)  # fmt: skip
+        for _ in range(2):
+            opt.accumulate_zo(torch.tensor([1.5]))
+            opt.step()
+        serial = tiny_model("llama", dtype)  # the per-tensor reference, one tensor after the other
+        ts = zo_tensors(serial, list(serial.parameters()))
+        bufs = {t.index: torch.zeros_like(t.param, dtype=torch.float32) for t in ts}
+        for step in range(2):
+            for t in ts:
+                apply_update(t, [Direction(3, step, 0)], torch.tensor([1.5]), lr=1e-2, momentum=0.5,
+                             momentum_buffer=bufs[t.index], rounding_seed=mix(3, step))  # fmt: skip
+        for p, q in zip(model.parameters(), serial.parameters()):
+            assert torch.equal(p, q)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
