@@ -127,8 +127,13 @@ SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 @torch.no_grad()
 def _realised(w: torch.Tensor, mu: float, distribution: str) -> tuple[float, float]:
     """(sum of (round(w + mu z) - w) * z, mu * sum of z^2) over a fixed sample of w and a fixed z."""
-    flat = w.detach().reshape(-1)
+    w = w.detach()
+    if hasattr(w, "to_local"):  # an FSDP2 shard (DTensor): this rank's elements are a sample like any other
+        w = w.to_local()
+    flat = w.reshape(-1)
     n = flat.numel()
+    if n == 0:
+        return 0.0, 0.0
     x = flat[torch.linspace(0, n - 1, _SAMPLES, device=w.device).long()] if n > _SAMPLES else flat
     x = x.float()
     g = torch.Generator(device=w.device).manual_seed(0x5CA1E)
