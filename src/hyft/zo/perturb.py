@@ -127,7 +127,7 @@ def perturbed(tensors: Sequence[ZOTensor], direction: Direction, scale: float) -
             p = module._parameters[name]
             scratch = p.data
             p.data = saved.pop(id(p))
-            if direction.kernel == "blocked":
+            if direction.kernel == "blocked" and not torch.is_grad_enabled():  # autograd may still hold it
                 blocked.release(scratch)
 
     handles = []
