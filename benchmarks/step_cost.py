@@ -2,6 +2,7 @@
 
     python benchmarks/step_cost.py --configs opt-1.3b:16x128,llama-7b:8x256      # on a GPU (bf16)
     python benchmarks/step_cost.py --configs tiny:2x16 --device cpu --iters 2    # CI smoke run
+    python benchmarks/step_cost.py --configs smollm2-135m:16x96 --device cpu --interleave --iters 5 --warmup 1
 
 Models are random-initialised from their configs (no download); the loss is hyft's LM loss (scoring.loss, kind "lm")
 on random tokens. Each method is a HybridOptimizer + hybrid_step exactly as the trainer runs it:
@@ -14,6 +15,12 @@ on random tokens. Each method is a HybridOptimizer + hybrid_step exactly as the 
     update pass   one fused ZO update over all ZO weights, vs the same copy
 Times: CUDA events around each step (steps issued back to back, as in training), median over --iters after --warmup;
 on CPU wall clock. Peak memory: torch.cuda.max_memory_allocated over the method's warmup and timed steps.
+
+With --interleave (the CPU table) the rows are measured interleaved instead: every round runs each of them once (order
+rotated per round), so that a noisy, shared machine slows all of them alike; each ratio is the median over rounds of
+that round's ratio. All rows then use the LoRA-attached model (MeZO with its adapters frozen), the torch reference
+path ("torch") beside the CPU fast path ("blocked", hyft.zo.blocked). smollm2-135m is the real model (the bundled
+GGUF, dequantized), the others random-initialised.
 """
 
 from __future__ import annotations
@@ -66,12 +73,18 @@ def model_config(name: str):
             vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
         )  # fmt: skip
-    raise ValueError(f"unknown model config {name!r} (opt-1.3b, llama-7b, tiny)")
+    raise ValueError(f"unknown model config {name!r} (opt-1.3b, llama-7b, tiny, smollm2-135m)")
 
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
+    if name == "smollm2-135m":  # the real weights (bundled GGUF, dequantized; cached by hyft.models)
+        from hyft.config import ModelConfig
+        from hyft.models import load_model
+
+        dname = str(dtype).removeprefix("torch.")
+        return load_model(ModelConfig(name=name, dtype=dname, device=str(device)))[0].eval()
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device, in the target dtype
         model = AutoModelForCausalLM.from_config(model_config(name), dtype=dtype)
@@ -139,6 +152,26 @@ class Bench:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times), None
+
+    def interleaved(self, fns: dict, warmup: int | None = None, iters: int | None = None) -> dict[str, list[float]]:
+        """ms of each fn per round; each round calls every fn once, in an order rotated round by round."""
+        warmup = self.warmup if warmup is None else warmup
+        iters = self.iters if iters is None else iters
+        names = list(fns)
+        times: dict[str, list[float]] = {k: [] for k in names}
+        for r in range(warmup + iters):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                self.sync()
+                t0 = time.perf_counter()
+                fns[name]()
+                self.sync()
+                if r >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            if r >= warmup:
+                print(f"  round {r - warmup + 1}/{iters}: " + ", ".join(f"{n} {times[n][-1]:.0f}" for n in names),
+                      flush=True)  # fmt: skip
+        return times
 
 
 def _free(opt) -> None:
@@ -237,6 +270,97 @@ def run_config(name: str, batch: int, seq: int, args, bench: Bench) -> Result:
     ratios(res, fused_ok)
     del model, state["model"]
     bench.clean()
+    return res
+
+
+def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) -> Result:
+    """The CPU rows (see the module docstring), measured interleaved on the LoRA-attached model."""
+    from hyft.zo import blocked
+    from hyft.zo.perturb import zo_tensors
+
+    device, dtype = bench.device, getattr(torch, args.dtype)
+    res = Result(name, f"{batch}x{seq}")
+    model = build_model(name, device, dtype)
+    head = output_head(model)
+    data = random_batch(model.config.vocab_size, batch, seq, device)
+    model = attach_peft(model, "lora", PeftConfig())
+    loss_fn = lambda b: scoring.loss(model, head, b, "lm")
+    adapters = adapter_parameters(model)
+    hybrid_part = partition(model, adapter_params=adapters, base="zo", adapter="fo")
+    lora_fo = [p for p in hybrid_part.fo]  # the same LoRA tensors; the base stays frozen for the LoRA step
+
+    def forward():
+        with torch.no_grad():
+            loss_fn(data)
+
+    def step_with(opt, schedule):
+        return lambda: hybrid_step(opt, loss_fn, [data], schedule=schedule)
+
+    variants = [("torch", "gaussian"), ("blocked", "gaussian"), ("blocked", "rademacher")]
+    fns = {"forward": forward, "lora": step_with(HybridOptimizer(model, lora_fo, fo_lr=1e-4), "onesided")}
+    notes = {"forward": "no grad, LoRA model", "lora": "1F+1B"}
+    for kernels, dist in variants:
+        key = f"hybrid onesided {kernels} {dist}"
+        opt = HybridOptimizer(model, lora_fo, hybrid_part.zo, fo_lr=1e-4, zo_lr=1e-7, distribution=dist,
+                              kernels=kernels)  # fmt: skip
+        fns[key], notes[key] = step_with(opt, "onesided"), "2F+1B"
+    for kernels, dist in variants:
+        key = f"mezo {kernels} {dist}"
+        opt = HybridOptimizer(model, zo_params=hybrid_part.zo, zo_lr=1e-7, distribution=dist, kernels=kernels)
+        fns[key], notes[key] = step_with(opt, "central"), "2F, adapters frozen"
+    tensors = zo_tensors(model, hybrid_part.zo)
+    n = sum(t.param.numel() for t in tensors)
+    nbytes = sum(t.param.numel() * t.param.element_size() for t in tensors)
+    src = torch.empty(n, dtype=tensors[0].param.dtype, device=device).normal_()
+    dst = torch.empty_like(src)
+    fns["copy of the ZO weights' bytes"] = lambda: dst.copy_(src)
+    notes["copy of the ZO weights' bytes"] = f"{nbytes / 1e9:.2f} GB read + written"
+    coeffs = torch.ones(1, device=device)
+    for kernels, dist in variants:
+        direction = Direction(0, 0, 0, dist, kernels)
+
+        def perturb_pass(direction=direction):
+            for t in tensors:
+                v = perturbed_value(t, direction, 1e-3)
+                if direction.kernel == "blocked":  # as the perturbed forward does after each module
+                    blocked.release(v)
+
+        def update_pass(direction=direction):
+            for t in tensors:
+                apply_update(t, [direction], coeffs, lr=1e-9)
+
+        fns[f"perturb pass {kernels} {dist}"] = perturb_pass
+        fns[f"update pass {kernels} {dist}"] = update_pass
+        notes[f"perturb pass {kernels} {dist}"] = f"{len(tensors)} tensors, {torch.get_num_threads()} threads"
+        notes[f"update pass {kernels} {dist}"] = "stochastic rounding where 16-bit"
+    print(f"== {name} {batch}x{seq} {args.dtype} on {device}, interleaved ({len(fns)} rows per round)", flush=True)
+    times = bench.interleaved(fns)
+    for key, ts in times.items():
+        res.rows[key] = Row(key, statistics.median(ts), None, notes[key])
+
+    def per_round(f) -> float:
+        return statistics.median(f(i) for i in range(len(times["forward"])))
+
+    T = lambda key, i: times[key][i]  # noqa: E731
+    out = res.ratios
+    targets = {"rademacher": ("<= 1.15", "<= 1.5"), "gaussian": ("<= 1.3", "<= 3")}
+    for kernels, dist in variants:
+        key = f"hybrid onesided {kernels} {dist}"
+        value = per_round(lambda i, key=key: T(key, i) / (T("lora", i) + T("forward", i)))
+        out.append((f"{key} / (lora + forward)", value, targets[dist][0] if kernels == "blocked" else ""))
+    for kernels, dist in variants:
+        for what in ("perturb", "update"):
+            key = f"{what} pass {kernels} {dist}"
+            value = per_round(lambda i, key=key: T(key, i) / T("copy of the ZO weights' bytes", i))
+            target = targets[dist][1] if kernels == "blocked" and what == "perturb" else ""
+            out.append((f"{key} / copy", value, target))
+    for kernels, dist in variants:
+        key = f"mezo {kernels} {dist}"
+        value = per_round(lambda i, key=key: (T(key, i) - 2 * T("forward", i)) / T("copy of the ZO weights' bytes", i))
+        out.append((f"({key} - 2 forwards) / copy", value, "excess in passes at copy speed"))
+    for kernels, dist in variants:
+        key = f"mezo {kernels} {dist}"
+        out.append((f"{key} / (2 forwards)", per_round(lambda i, key=key: T(key, i) / (2 * T("forward", i))), ""))
     return res
 
 
@@ -395,6 +519,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--interleave", action="store_true",
+                    help="the CPU rows (torch vs blocked ZO passes), measured interleaved round by round")  # fmt: skip
     ap.add_argument(
         "--sweep", action="store_true", help="also time the fused passes at other launch shapes (1st config)"
     )
@@ -409,7 +535,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for spec in args.configs.split(","):
         name, shape = spec.split(":")
         b, s = (int(x) for x in shape.lower().split("x"))
-        results.append(run_config(name, b, s, args, bench))
+        results.append((run_config_interleaved if args.interleave else run_config)(name, b, s, args, bench))
         print_tables(results[-1:], header)
         if args.json:  # after every config: a later one running out of time keeps the earlier results
             write_json(args.json, header, results)

@@ -158,3 +158,82 @@ def test_checkpoint_report_numbers(tmp_path):
     rep = info["checkpoint"]
     assert rep["ledger_bytes"] == (c / "ledger.json").stat().st_size
     assert rep["base_safetensors_bytes"] == sum(f.stat().st_size for f in (c / "base").glob("*.safetensors"))
+
+
+# -- realised perturbation scale: 16-bit tensors whose perturbation rounds away are left out of ZO -------------------
+def test_realised_scale_on_known_cases():
+    from hyft.guard import realised_scale
+
+    ones = torch.ones(4096, dtype=torch.bfloat16)
+    r = realised_scale(ones, 1e-3, "gaussian")
+    assert 0.15 < r < 0.3  # ulp 2^-7 at 1.0: most |mu z| are under half of it
+    assert realised_scale(ones, 1e-3, "rademacher") == 0.0  # |mu z| = 1e-3 < 2^-8: every one rounds away
+    assert realised_scale(ones, 3e-2, "gaussian") > 0.95
+    assert abs(realised_scale(ones.float(), 1e-3, "gaussian") - 1) < 1e-3
+    small = torch.randn(10_000, generator=torch.Generator().manual_seed(0)).mul_(0.02).to(torch.bfloat16)
+    assert realised_scale(small, 1e-3, "gaussian") > 0.95  # a typical linear weight: fine in bf16
+
+
+def _bf16_opt(**kw):
+    from conftest import tiny_model
+    from hyft.optim import HybridOptimizer
+
+    model = tiny_model("llama", torch.bfloat16)  # RMSNorm weights are exactly 1.0
+    kw = {"mu": 1e-3, **kw}
+    return model, HybridOptimizer(model, zo_params=list(model.parameters()), zo_lr=1e-2, **kw)
+
+
+def test_vanishing_16bit_tensors_are_excluded_with_a_reason(capsys):
+    from hyft.guard import perturbation_scales, realised_scale, tensor_kind
+    from hyft.step import hybrid_step
+
+    model, opt = _bf16_opt()
+    norms = [n for n, p in model.named_parameters() if "norm" in n]
+    err = capsys.readouterr().err
+    assert f"{len(norms)} 16-bit ZO tensors left out of the ZO group" in err and "model.norm.weight (0." in err
+    assert {tensor_kind(t) for t, _ in opt.excluded_zo} == {"norm"} and len(opt.excluded_zo) == len(norms)
+    # what stays in ZO is perturbed at its intended scale; indices (the RNG keys) are the full model's
+    assert all(realised_scale(t.param, opt.mu, opt.distribution) >= 0.9 for t in opt.zo_tensors)
+    all_indices = sorted([t.index for t in opt.zo_tensors] + [t.index for t, _ in opt.excluded_zo])
+    assert all_indices == list(range(len(list(model.parameters()))))
+    report = perturbation_scales(opt)
+    assert report["norm"]["excluded"] == len(norms) and report["norm"]["realised_over_intended"] < 0.3
+    assert report["linear"]["excluded"] == 0 and report["linear"]["realised_over_intended"] > 0.95
+    assert report["embedding"]["dtype"] == "bfloat16"
+    json.dumps(report)
+    # the excluded tensors are neither perturbed nor updated; the others move
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.arange(3, 30)[None]
+    hybrid_step(opt, lambda b: model(b, labels=b).loss, [ids], schedule="central")
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) == ("norm" in n), n
+
+
+def test_min_perturbation_scale_zero_keeps_every_tensor(capsys):
+    model, opt = _bf16_opt(min_perturbation_scale=0.0)
+    assert not opt.excluded_zo and len(opt.zo_tensors) == len(list(model.parameters()))
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_a_mu_too_small_for_the_dtype_excludes_nothing(capsys):
+    # everything rounds away: leaving it all out would train nothing; the resolution warning covers this case
+    model, opt = _bf16_opt(mu=1e-5)
+    assert not opt.excluded_zo and len(opt.zo_tensors) == len(list(model.parameters()))
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_fp32_runs_exclude_nothing_and_report_scales(tmp_path):
+    tr = make_trainer(tmp_path / "run", steps=2)
+    tr.fit()
+    assert not tr.opt.excluded_zo
+    scales = json.loads((tmp_path / "run" / "run.json").read_text())["zo_perturbation_scale"]
+    assert scales and all(abs(row["realised_over_intended"] - 1) < 1e-3 for row in scales.values())
+    assert all(row["excluded"] == 0 for row in scales.values())
+
+
+def test_bf16_run_json_reports_the_excluded_norms(tmp_path):
+    tr = make_trainer(tmp_path / "run", steps=2, extra=["--model.dtype", "bfloat16"], dtype=torch.bfloat16)
+    tr.fit()
+    scales = json.loads((tmp_path / "run" / "run.json").read_text())["zo_perturbation_scale"]
+    assert scales["norm"]["excluded"] == scales["norm"]["tensors"] > 0
+    assert scales["norm"]["realised_over_intended"] < 0.3

@@ -35,3 +35,18 @@ def test_step_cost_runs_on_the_tiny_config_and_prints_the_table(capsys, tmp_path
     (res,) = results
     assert all(r.ms is not None and r.ms >= 0 for r in res.rows.values())
     assert out_json.read_text().startswith("{")
+
+
+def test_interleaved_cpu_rows_run_on_the_tiny_config(capsys):
+    mod = _load()
+    (res,) = mod.main(["--configs", "tiny:2x8", "--device", "cpu", "--interleave", "--warmup", "0", "--iters", "2"])
+    text = capsys.readouterr().out
+    for kernels, dist in (("torch", "gaussian"), ("blocked", "gaussian"), ("blocked", "rademacher")):
+        for row in (f"hybrid onesided {kernels} {dist}", f"mezo {kernels} {dist}", f"perturb pass {kernels} {dist}",
+                    f"update pass {kernels} {dist}"):  # fmt: skip
+            assert f"| {row} |" in text, row
+        assert f"| hybrid onesided {kernels} {dist} / (lora + forward) |" in text
+        assert f"| (mezo {kernels} {dist} - 2 forwards) / copy |" in text
+    assert "round 2/2" in text
+    assert all(r.ms is not None and r.ms >= 0 for r in res.rows.values())
+    assert all(v is not None for _, v, _ in res.ratios)

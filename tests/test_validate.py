@@ -121,6 +121,8 @@ CASES = {
     "yaml range line": (_yaml("zo:\n  queries: 0\n"), "c.yaml:2: zo.queries: must be >= 1"),
     "mu <= 0": (lambda w, t: [*fresh(w, t), "--zo.mu", "0"], "--zo.mu: must be > 0"),
     "mu not finite": (lambda w, t: [*fresh(w, t), "--zo.mu", "nan"], "zo.mu: nan is not a finite number"),
+    "min perturbation scale > 1": (lambda w, t: [*fresh(w, t), "--zo.min_perturbation_scale", "2"],
+                                   "--zo.min_perturbation_scale: must be in [0, 1]"),
     "mezo with lora": (lambda w, t: [*fresh(w, t), "--method", "mezo", "--peft", "lora"], "uses 'none'"),
     "zo lr without zo group": (lambda w, t: [*fresh(w, t), "--method", "lora", "--zo.lr", "5e-4"],
                                "--zo.lr: method 'lora' has no zeroth-order group"),

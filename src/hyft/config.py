@@ -58,14 +58,21 @@ class ZOConfig:
     kernels: str = _f(
         "auto",
         "ZO perturbation/update code: auto (fused Triton kernels when the ZO weights are on CUDA and triton imports, "
-        "else torch; env HYFT_ZO_KERNELS overrides), torch (reference, per tensor) or triton (fused; error if it "
-        "cannot run). The fused kernels draw other directions (counter-based Philox) than torch",
+        "else torch; env HYFT_ZO_KERNELS overrides), torch (reference, per tensor), triton (fused; error if it "
+        "cannot run) or blocked (CPU fast path: directions per block of a tensor, on a thread pool). The fused "
+        "kernels (counter-based Philox) and blocked draw other directions than torch; the ledger records which",
     )
     scratch: str = _f(
         "block",
         "fused path: where a perturbed forward's w + mu*z lives: block (module groups of at most max(largest module, "
         "1/16 of the ZO weights), one launch each), module (one module at a time) or all (one launch before the "
         "forward; +1 copy of the ZO weights in memory)",
+    )
+    min_perturbation_scale: float = _f(
+        0.9,
+        "16-bit ZO tensors whose realised perturbation round(w + mu z) - w, projected on z, is under this share of "
+        "mu z (bf16 norm weights near 1 at mu 1e-3: ~0.23) are left out of ZO, with the reason printed, when they hold "
+        "at most 10% of the ZO weights (more: mu does not fit the dtype; the run warns instead); 0 keeps all",
     )
     embeddings: bool = _f(True, "ZO-update embedding tables")
     lm_head: bool = _f(True, "ZO-update the output head")

@@ -120,6 +120,88 @@ def warn_if_perturbation_vanishes(weights: Sequence[torch.Tensor], mu: float, di
     return share
 
 
+_SAMPLES = 1 << 16  # elements per tensor for the realised-scale estimate (a strided sample: cheap, deterministic)
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+@torch.no_grad()
+def _realised(w: torch.Tensor, mu: float, distribution: str) -> tuple[float, float]:
+    """(sum of (round(w + mu z) - w) * z, mu * sum of z^2) over a fixed sample of w and a fixed z."""
+    w = w.detach()
+    if hasattr(w, "to_local"):  # an FSDP2 shard (DTensor): this rank's elements are a sample like any other
+        w = w.to_local()
+    flat = w.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return 0.0, 0.0
+    x = flat[torch.linspace(0, n - 1, _SAMPLES, device=w.device).long()] if n > _SAMPLES else flat
+    x = x.float()
+    g = torch.Generator(device=w.device).manual_seed(0x5CA1E)
+    if distribution == "rademacher":
+        z = torch.randint(0, 2, x.shape, generator=g, device=w.device).float().mul_(2).sub_(1)
+    else:
+        z = torch.randn(x.shape, generator=g, device=w.device)
+    realised = (z * mu + x).to(w.dtype).float() - x  # what the perturbed forward sees, as perturbed_value forms it
+    return float((realised * z).sum()), float(mu * (z * z).sum())
+
+
+def realised_scale(w: torch.Tensor, mu: float, distribution: str) -> float:
+    """The perturbation a forward at round(w + mu z) really sees, projected on z, over the intended mu z (1: exact).
+
+    Round-to-nearest in the weight's dtype loses every |mu z| under half an ulp: for bf16 weights near 1.0 (ulp 2^-7)
+    and mu = 1e-3 the ratio is about 0.23, so the SPSA estimate sees those coordinates at a quarter of their scale.
+    """
+    num, den = _realised(w, mu, distribution)
+    return num / den if den else 1.0
+
+
+def tensor_kind(t) -> str:
+    """norm, embedding, linear, bias or other: a ZO tensor's role, from the module that owns it."""
+    from torch import nn
+
+    module, name = t.owners[0] if t.owners else (None, "")
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if name == "bias":
+        return "bias"
+    if t.param.dim() == 1 and "norm" in type(module).__name__.lower():
+        return "norm"
+    if isinstance(module, nn.Linear) or t.param.dim() >= 2:
+        return "linear"
+    return "other"
+
+
+def perturbation_scales(opt) -> dict[str, dict]:
+    """Per tensor kind of a HybridOptimizer's ZO tensors: realised / intended perturbation scale (for run.json).
+
+    {kind: {"tensors", "dtype", "realised_over_intended" (over the kind's elements), "min_tensor",
+    "excluded" (tensors left out of ZO because theirs was under zo.min_perturbation_scale)}}.
+    """
+    out: dict[str, dict] = {}
+    sums: dict[str, list[float]] = {}
+    excluded = {t.index for t, _ in getattr(opt, "excluded_zo", [])}
+    everything = list(opt.zo_tensors) + [t for t, _ in getattr(opt, "excluded_zo", [])]
+    for t in sorted(everything, key=lambda t: t.index):
+        kind = tensor_kind(t)
+        num, den = _realised(t.param, opt.mu, opt.distribution)
+        r = num / den if den else 1.0
+        row = out.setdefault(kind, {"tensors": 0, "dtype": [], "min_tensor": r, "excluded": 0})
+        row["tensors"] += 1
+        row["min_tensor"] = round(min(row["min_tensor"], r), 4)
+        row["excluded"] += t.index in excluded
+        dt = str(t.param.dtype).removeprefix("torch.")
+        if dt not in row["dtype"]:
+            row["dtype"].append(dt)
+        acc = sums.setdefault(kind, [0.0, 0.0])
+        acc[0] += num
+        acc[1] += den
+    for kind, row in out.items():
+        num, den = sums[kind]
+        row["realised_over_intended"] = round(num / den, 4) if den else 1.0
+        row["dtype"] = "/".join(row["dtype"])
+    return out
+
+
 # -- deferred signals --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def deferred_signals(describe_step) -> Iterator[list[int]]:

@@ -11,25 +11,46 @@ enough to replay the whole ZO trajectory onto the original weights.
 Two implementations of the ZO perturbation and update (`kernels`): the torch reference (`hyft.zo.perturb`, per tensor,
 torch.randn directions) and the fused kernels (`hyft.zo.kernels`, Triton on CUDA: one read and one write of every
 weight per pass, many tensors per launch, counter-based Philox directions). "auto" takes the fused path when the ZO
-tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton overrides auto). The two draw
-different directions; within a run the choice is fixed at the first perturbation or update.
+tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton|blocked overrides auto). A third,
+"blocked" (`hyft.zo.blocked`), is the CPU fast path: the reference's formulas with directions drawn per block of a
+tensor by a thread pool. auto never picks it: it draws other directions than torch, and CPU runs, their ledgers and
+checkpoints stay on the reference generator unless asked. The three draw different directions; within a run the
+choice is fixed at the first perturbation or update, and the ledger records it (`generator`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from hyft.guard import SIXTEEN_BIT, realised_scale
+from hyft.zo import blocked as zb
 from hyft.zo import kernels as zk
 from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
 from hyft.zo.rng import DIRECTION, ROUNDING, mix
 
 FO_OPTIMIZERS = ("sgd", "adamw")
-KERNELS = ("auto", "torch", "triton", "emulate")  # emulate: the fused engine with torch math (tests, CPU)
+KERNELS = ("auto", "torch", "triton", "blocked", "emulate")  # emulate: the fused engine with torch math (tests)
+# The direction generator each choice of kernels draws from, as recorded in the ledger ("generator"; absent: torch).
+GENERATORS = {"torch": "torch", "fused": "philox", "blocked": "blocked"}
+EXCLUDABLE_SHARE = 0.1  # at most this share of the ZO elements is left out for a perturbation that rounds away
+
+
+def _report_excluded(model: nn.Module, excluded, mu: float, threshold: float) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    listed = ", ".join(f"{names.get(id(t.param), t.index)} ({r:.2f})" for t, r in excluded[:6])
+    more = f" and {len(excluded) - 6} more" if len(excluded) > 6 else ""
+    print(
+        f"[hyft] zo: {len(excluded)} 16-bit ZO tensors left out of the ZO group (frozen): a perturbation of mu {mu:g} "
+        f"mostly rounds away in their dtype, realised/intended scale under {threshold:g}: {listed}{more}. "
+        "Raise zo.mu, train in float32, or set zo.min_perturbation_scale 0 to keep them",
+        file=sys.stderr,
+    )
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -55,15 +76,18 @@ class HybridOptimizer(torch.optim.Optimizer):
         seed: int = 0,
         kernels: str = "auto",
         scratch: str = "block",
+        min_perturbation_scale: float = 0.9,
     ):
         fo_params = [p for p in fo_params]
         zo_list = [p for p in zo_params]
         if not fo_params and not zo_list:
             raise ValueError("HybridOptimizer needs at least one FO or ZO parameter")
+        if not 0 <= min_perturbation_scale <= 1:
+            raise ValueError(f"min_perturbation_scale {min_perturbation_scale} is not in [0, 1]")
         if fo_optimizer not in FO_OPTIMIZERS:
             raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
         if kernels not in KERNELS:
-            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:3]}")
+            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:4]}")
         if scratch not in zk.SCOPES:
             raise ValueError(f"unknown ZO scratch scope {scratch!r}; choose from {zk.SCOPES}")
         self.fo: torch.optim.Optimizer | None = None
@@ -77,7 +101,25 @@ class HybridOptimizer(torch.optim.Optimizer):
                 g["kind"] = "fo"
             groups.extend(self.fo.param_groups)
         self.zo_tensors: list[ZOTensor] = zo_tensors(model, zo_list) if zo_list else []
-        if zo_list:
+        # 16-bit tensors whose perturbation mostly rounds away in the forward (bf16 norm weights near 1: a realised
+        # scale ~0.23 of mu*z) would feed the estimate at the wrong scale: they are left out of ZO, with the reason
+        # printed, as long as they are a small part of the ZO weights (norms: a few kB). When more is lost, mu does
+        # not fit the dtype at all: nothing is left out and the trainer's resolution warning says so. Indices stay as
+        # they were, so every other tensor keeps its directions. fp32 tensors are never checked.
+        self.excluded_zo: list[tuple[ZOTensor, float]] = []
+        if min_perturbation_scale > 0 and any(t.param.dtype in SIXTEEN_BIT for t in self.zo_tensors):
+            scales = [
+                realised_scale(t.param, mu, distribution) if t.param.dtype in SIXTEEN_BIT else 1.0
+                for t in self.zo_tensors
+            ]
+            low = [(t, r) for t, r in zip(self.zo_tensors, scales) if r < min_perturbation_scale]
+            total = sum(t.param.numel() for t in self.zo_tensors)
+            if low and sum(t.param.numel() for t, _ in low) <= EXCLUDABLE_SHARE * total:
+                self.excluded_zo = low
+                gone = {t.index for t, _ in low}
+                self.zo_tensors = [t for t in self.zo_tensors if t.index not in gone]
+                _report_excluded(model, self.excluded_zo, mu, min_perturbation_scale)
+        if self.zo_tensors:
             groups.append(
                 dict(
                     params=[t.param for t in self.zo_tensors],
@@ -95,6 +137,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.zo_step = 0  # counts applied ZO updates: the step key of every direction
         self.model, self.kernels, self.scratch = model, kernels, scratch
         self._fused: zk.FusedZO | None = None
+        self._kind = "torch"
         self._resolved = False
         self._grads: torch.Tensor | None = None
         self._micro = 0
@@ -118,8 +161,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         if mode == "auto":
             mode = os.environ.get("HYFT_ZO_KERNELS", "auto") or "auto"
             if mode not in KERNELS:
-                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:3]}")
-        if mode == "torch" or not self.zo_tensors:
+                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:4]}")
+        self._kind = "blocked" if mode == "blocked" else "torch"
+        if mode in ("torch", "blocked") or not self.zo_tensors:
             return None
         if mode == "auto" and self.zo_tensors[0].param.device.type != "cuda":
             return None  # auto means CUDA only: Triton's CPU interpreter (TRITON_INTERPRET=1) is for tests
@@ -131,11 +175,22 @@ class HybridOptimizer(torch.optim.Optimizer):
             if mode == "auto":
                 return None
             raise ValueError(f"zo.kernels={mode}: the fused path cannot run here: {reason}")
+        self._kind = "fused"
         return zk.FusedZO(self.model, self.zo_tensors, scope=self.scratch, backend=backend)
 
+    @property
+    def direction_kind(self) -> str:
+        """Direction.kernel of this run's directions: torch, fused or blocked (decided with `fused`)."""
+        _ = self.fused
+        return self._kind
+
+    @property
+    def generator(self) -> str:
+        """The direction generator, as the ledger records it: torch, philox (fused kernels) or blocked."""
+        return GENERATORS[self.direction_kind]
+
     def direction(self, query: int) -> Direction:
-        kind = "torch" if self.fused is None else "fused"
-        return Direction(self.seed, self.zo_step, query, self.distribution, kind)
+        return Direction(self.seed, self.zo_step, query, self.distribution, self.direction_kind)
 
     def perturb(self, query: int, sign: float):
         """Context manager: forwards inside it see x + sign * mu * z_query (x itself is never written)."""
@@ -185,13 +240,12 @@ class HybridOptimizer(torch.optim.Optimizer):
         if self.fused is not None:
             self._apply_zo_fused(coeffs, step)
             return
-        directions = [Direction(self.seed, step, j, self.distribution) for j in range(len(coeffs))]
+        kind = self.direction_kind
+        directions = [Direction(self.seed, step, j, self.distribution, kind) for j in range(len(coeffs))]
+        jobs = []
         for t in self.zo_tensors:
             state = self._zo_state(t)
-            apply_update(
-                t,
-                directions,
-                coeffs,
+            kw = dict(
                 lr=group["lr"],
                 weight_decay=group["weight_decay"],
                 momentum=group["momentum"],
@@ -200,6 +254,11 @@ class HybridOptimizer(torch.optim.Optimizer):
                 rounding=self.rounding,
                 rounding_seed=mix(self.seed, step),
             )
+            if kind == "blocked":  # all tensors' blocks in one go: the pool also splits the many small tensors
+                jobs.append(zb.update_job(t, directions, coeffs, **kw))
+            else:  # each tensor has its own generators: tensors updated side by side give the very same numbers
+                jobs.append((1, lambda a, b, s, t=t, kw=kw: apply_update(t, directions, coeffs, **kw)))
+        zb.run_jobs(jobs)
         # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
         self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
         self.zo_step = step + 1

@@ -25,6 +25,7 @@ from hyft.zo.perturb import Direction, ZOTensor, apply_update
 from hyft.zo.rng import mix
 
 FORMAT = "hyft-ledger/1"
+GENERATORS = ("torch", "philox", "blocked", "chunked")  # "generator" field; absent: torch (ledgers before the field)
 LEDGER = "ledger.json"
 
 
@@ -44,6 +45,7 @@ def ledger_document(opt, model: nn.Module, *, adapter_ids: set[int], fo_base: li
         "format": FORMAT,
         "seed": opt.seed,
         "distribution": opt.distribution,
+        "generator": opt.generator,
         "rounding": opt.rounding,
         "fp32_master": opt.fp32_master,
         "momentum": float(group.get("momentum", 0.0)),
@@ -96,6 +98,7 @@ def read_ledger(path: Path) -> dict[str, Any]:
             assert isinstance(step, int) and isinstance(cs, list) and cs
             float(lr), float(wd), [float(c) for c in cs]
         int(doc["seed"]), str(doc["distribution"]), str(doc["rounding"]), float(doc["momentum"])
+        assert doc.get("generator", "torch") in GENERATORS
     except (KeyError, TypeError, ValueError, AssertionError):
         raise CheckpointError(f"{path}: malformed ledger (fields or updates do not have the {FORMAT} layout)") from None
     return doc
@@ -126,6 +129,9 @@ def replay(doc: dict[str, Any], model: nn.Module, *, where: str = "ledger") -> d
                 f"{str(p.dtype)[6:]} {list(p.shape)} in the base model (another model or --dtype?)"
             )
     seed, dist, momentum = int(doc["seed"]), doc["distribution"], float(doc["momentum"])
+    # Ledgers from before the field drew every direction with the reference generator. Other generators than
+    # blocked replay as they did before the field existed (through the reference): not bit-exact for them.
+    kind = "blocked" if doc.get("generator", "torch") == "blocked" else "torch"
     for t in base:
         p = params[t["name"]]
         zt = ZOTensor(t["index"], p, ())
@@ -133,7 +139,7 @@ def replay(doc: dict[str, Any], model: nn.Module, *, where: str = "ledger") -> d
         buf = torch.zeros_like(p, dtype=torch.float32) if momentum else None
         for step, lr, wd, cs in doc["updates"]:
             coeffs = torch.tensor(cs, dtype=torch.float32, device=p.device)
-            directions = [Direction(seed, step, j, dist) for j in range(len(cs))]
+            directions = [Direction(seed, step, j, dist, kind) for j in range(len(cs))]
             apply_update(
                 zt, directions, coeffs, lr=lr, weight_decay=wd, momentum=momentum, momentum_buffer=buf,
                 master=master, rounding=doc["rounding"], rounding_seed=mix(seed, step),

@@ -28,6 +28,7 @@ from hyft.guard import (
     TrainingInterrupted,
     deferred_signals,
     out_of_memory,
+    perturbation_scales,
     warn_if_perturbation_vanishes,
 )
 from hyft.methods import Method, resolve
@@ -128,7 +129,7 @@ def build_optimizer(cfg: Config, model, method: Method, *, sharded: bool = False
         fo_momentum=cfg.fo.momentum, zo_lr=cfg.zo.lr, zo_weight_decay=cfg.zo.weight_decay,
         zo_momentum=cfg.zo.momentum, mu=cfg.zo.mu, queries=cfg.zo.queries, distribution=cfg.zo.distribution,
         rounding=cfg.zo.rounding, fp32_master=cfg.zo.fp32_master, seed=cfg.seed,
-        kernels=cfg.zo.kernels, scratch=cfg.zo.scratch,
+        kernels=cfg.zo.kernels, scratch=cfg.zo.scratch, min_perturbation_scale=cfg.zo.min_perturbation_scale,
     )  # fmt: skip
     return opt, part
 
@@ -421,6 +422,9 @@ class Trainer:
             "data": [r.as_dict() for r in self.data.reports],
             "final": {e["split"]: headline(e)[1] for e in evals if e["step"] == self.step},
             "skipped_steps": self.guard.skipped,
+            "zo_perturbation_scale": perturbation_scales(self.opt)
+            if self.opt.zo_tensors or self.opt.excluded_zo
+            else None,
             "checkpoint": self.checkpoint_report(),
             "probe": summarize(self.probe_rows(), self.opt) if self.probe is not None else None,
             "ablation": self.ablation,

@@ -39,6 +39,7 @@ _RANGES = [
     ("zo.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("zo.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("zo.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("zo.min_perturbation_scale", lambda v: 0 <= v <= 1, "must be in [0, 1] (0 keeps every ZO tensor)"),
     ("fo.lr", lambda v: v >= 0, "must be >= 0"),
     ("fo.momentum", lambda v: v >= 0, "must be >= 0"),
     ("fo.weight_decay", lambda v: v >= 0, "must be >= 0"),

@@ -14,7 +14,9 @@ regenerated, never stored, and it does not depend on the global RNG, on call ord
 
 This module is the reference (torch) implementation. The fused Triton path (`hyft.zo.kernels`) draws its directions
 from a counter-based generator instead; a Direction with kernel="fused" regenerates those (torch emulation), so the
-functions here can check and replay the fused path too.
+functions here can check and replay the fused path too. A Direction with kernel="blocked" uses the CPU fast path's
+generator (`hyft.zo.blocked`: one generator per block of a tensor, worked on by a thread pool); perturbed_value and
+apply_update hand such directions to that module.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hyft.zo import kernels
+from hyft.zo import blocked, kernels
 from hyft.zo.rng import DIRECTION, ROUNDING, generator, mix
 from hyft.zo.rounding import stochastic_round
 
@@ -66,7 +68,8 @@ class Direction:
     step: int
     query: int
     distribution: str = "gaussian"  # or "rademacher"
-    kernel: str = "torch"  # whose directions: "torch" (torch.Generator per tensor) or "fused" (hyft.zo.kernels)
+    kernel: str = "torch"  # whose directions: "torch" (torch.Generator per tensor), "fused" (hyft.zo.kernels) or
+    # "blocked" (hyft.zo.blocked: a torch.Generator per block of BLOCK elements)
 
     def seed(self, tensor_index: int) -> int:
         return mix(DIRECTION, self.run_seed, self.step, self.query, tensor_index)
@@ -74,6 +77,8 @@ class Direction:
     def z(self, t: ZOTensor) -> torch.Tensor:
         """z for tensor t, in fp32 on the tensor's device."""
         w = t.param
+        if self.kernel == "blocked":
+            return blocked.direction(self, t)
         if self.kernel == "fused":
             step_seed = mix(DIRECTION, self.run_seed, self.step)
             z = kernels.emulate_direction(step_seed, t.index, self.query, w.numel(), self.distribution, w.device)
@@ -89,6 +94,8 @@ class Direction:
 
 def perturbed_value(t: ZOTensor, direction: Direction, scale: float) -> torch.Tensor:
     """w + scale * z, computed in fp32 and rounded once to w's dtype (a new tensor; w is untouched)."""
+    if direction.kernel == "blocked":
+        return blocked.perturbed_value(t, direction, scale)
     w = t.param.detach()
     # z's own buffer holds the sum: one fresh allocation per tensor, not three (large ones dominate CPU step time).
     # An fp64 weight is perturbed in fp64 (z.to is a no-op for every other dtype: their sum is formed in fp32).
@@ -119,7 +126,10 @@ def perturbed(tensors: Sequence[ZOTensor], direction: Direction, scale: float) -
     def post(module, args, output):
         for name, _t in by_module[module]:
             p = module._parameters[name]
+            scratch = p.data
             p.data = saved.pop(id(p))
+            if direction.kernel == "blocked" and not torch.is_grad_enabled():  # autograd may still hold it
+                blocked.release(scratch)
 
     handles = []
     try:
@@ -162,6 +172,12 @@ def apply_update(
     coeffs[j] is projected_grad_j / q. The sum is formed in fp32; the result is written to the 16-bit weight by
     stochastic rounding (unbiased), or into an fp32 master copy (`master`) that the weight then mirrors.
     """
+    if directions and directions[0].kernel == "blocked":
+        blocked.apply_update(
+            t, directions, coeffs, lr=lr, weight_decay=weight_decay, momentum=momentum,
+            momentum_buffer=momentum_buffer, master=master, rounding=rounding, rounding_seed=rounding_seed,
+        )  # fmt: skip
+        return
     w = t.param.data
     d = None  # sum_j c_j z_j, accumulated in the first z's buffer
     for direction, c in zip(directions, coeffs):

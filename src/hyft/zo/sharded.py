@@ -198,9 +198,14 @@ class ShardedHybridOptimizer(HybridOptimizer):
 
     def __init__(self, model: nn.Module, fo_params=(), zo_params=(), *, chunk_numel: int = CHUNK_NUMEL, **kw):
         reshard(model)  # the parameters to index are the sharded ones
+        kw.setdefault("min_perturbation_scale", 0.0)  # the check reads whole tensors; shards are DTensors here
         super().__init__(model, fo_params, zo_params, **kw)
         self._model, self.chunk_numel = model, chunk_numel
         self.shards = {t.index: shard_of(t.param) for t in self.zo_tensors}
+
+    @property
+    def generator(self) -> str:
+        return "chunked"
 
     def direction(self, query: int) -> ChunkedDirection:
         return ChunkedDirection(self.seed, self.zo_step, query, self.distribution, self.chunk_numel)
