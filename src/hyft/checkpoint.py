@@ -215,7 +215,9 @@ def os_error(e: BaseException) -> OSError | None:
 def storage_error(e: OSError, path: Path, what: str, then: str = "") -> StorageError:
     where = e.filename or path
     hint = " (disk full: free space, then run again)" if e.errno in (28, 122) else ""  # ENOSPC, EDQUOT
-    return StorageError(f"{where}: cannot write {what}: {e.strerror or e}{hint}{then}")
+    err = StorageError(f"{where}: cannot write {what}: {e.strerror or e}{hint}{then}")
+    err.errno = e.errno
+    return err
 
 
 def write_text_atomically(path: Path, text: str, what: str | None = None) -> None:
@@ -302,6 +304,8 @@ def write_atomically(run_dir: str | Path, step: int, fill: Callable[[Path], None
         if moved and not final.exists():
             with contextlib.suppress(OSError):
                 os.rename(old, final)
+        elif moved:  # the new one is in place (only the directory fsync failed)
+            shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         err = os_error(e)
         if err is None:
