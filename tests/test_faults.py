@@ -388,3 +388,25 @@ def test_ledger_carries_its_own_checksum(tmp_path):
     copy.write_text(text[: len(text) // 2])  # torn
     with pytest.raises(ck.CheckpointError, match="not a readable ledger"):
         read_ledger(copy)
+
+
+def test_a_crash_between_the_two_renames_of_a_same_step_rewrite_loses_nothing(tmp_path):
+    """Writing a step whose checkpoint exists moves the old one to .old-step-N-PID, then renames the new one in;
+    a process killed in between leaves no step-N: the next start puts the old one back instead of deleting it."""
+    run = tmp_path / "run"
+    tr = make_trainer(run, steps=6)
+    tr.prepare_output()
+    tr.train_step()
+    tr.save_checkpoint()
+    tr.train_step()
+    c = tr.save_checkpoint()
+    want = checkpoint_tensors(c)
+    os.rename(c, c.parent / f".old-{c.name}-99999")  # the state right after the first rename
+    shutil.copytree(ck.checkpoint_dir(run, 1), c.parent / f".tmp-{c.name}-99999")  # and the new one not yet in
+    tr2 = make_trainer(run, steps=6)
+    tr2.resume(run)  # the start puts step 2 back before looking for the latest checkpoint
+    assert tr2.step == 2
+    tr2.prepare_output()  # and the garbage goes
+    assert sorted(p.name for p in c.parent.iterdir()) == ["step-00000001", "step-00000002"]
+    _fresh_verify(c)
+    assert_bit_identical(checkpoint_tensors(c), want)

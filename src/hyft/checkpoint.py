@@ -235,17 +235,24 @@ def write_text_atomically(path: Path, text: str, what: str | None = None) -> Non
         raise storage_error(e, path, what or path.name, f"; {path} is unchanged") from None
 
 
-def remove_stale(run_dir: str | Path) -> None:
-    """Delete temporary directories left by a crash while writing a checkpoint; put back a checkpoint that a crash
-    in the middle of replacing it (same step written again) left moved aside."""
+def restore_moved_aside(run_dir: str | Path) -> None:
+    """Put back a checkpoint that a crash while replacing it (the same step written again) left moved aside as
+    .old-step-N-PID with no step-N: before a resume looks for the latest one. Only the directory's lock holder."""
     root = Path(run_dir) / SUBDIR
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".old-"):
                 final = root / p.name[len(".old-") :].rsplit("-", 1)[0]
-                if not final.exists() and is_complete(p):
+                if _step_of(final) is not None and not final.exists() and is_complete(p):
                     os.rename(p, final)
-                    continue
+
+
+def remove_stale(run_dir: str | Path) -> None:
+    """Delete temporary directories left by a crash while writing a checkpoint (after restore_moved_aside)."""
+    restore_moved_aside(run_dir)
+    root = Path(run_dir) / SUBDIR
+    if root.is_dir():
+        for p in root.iterdir():
             if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
                 shutil.rmtree(p, ignore_errors=True)
 

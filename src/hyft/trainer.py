@@ -332,6 +332,8 @@ class Trainer:
         """Continue from the latest complete checkpoint of a run directory (or from one checkpoint directory)."""
         self.lock()
         try:
+            if self.is_main:
+                ckpt.restore_moved_aside(ckpt.run_dir_of(path))
             found = ckpt.load_run(self, ckpt.find_checkpoint(path))
         except BaseException:
             self.unlock()

@@ -68,10 +68,12 @@ def lock_output(directory: str | Path, held: list) -> None:
     """Refuse at once when another process writes into an existing output directory (hyft/lock.py); the Trainer
     takes the same lock again (it is re-entrant) when it creates a new directory."""
     from hyft import lock
+    from hyft.checkpoint import restore_moved_aside
 
     if _rank0() and Path(directory).is_dir():
         lock.acquire(directory, "hyft train")
         held.append(directory)
+        restore_moved_aside(directory)  # before a resume looks for the latest checkpoint
 
 
 def load_model_for(cfg, ckpt: Path | None, model_cfg=None):
