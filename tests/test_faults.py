@@ -172,6 +172,7 @@ def test_disk_full_at_every_write_of_a_checkpoint(tmp_path, monkeypatch, case):
     tmp = f".tmp-{second.name}-{os.getpid()}"
     written = {p.split(tmp + "/", 1)[1] for _, p in points if tmp + "/" in p}
     assert set(ck.verify(second)["files"]) <= written
+    assert len(points) >= 40  # 51 with the libraries of this writing
     kinds = {k for k, _ in points}
     assert {"open", "write", "fsync", "mkdir", "rename", "safetensors", "tokenizers"} <= kinds, kinds
     want = checkpoint_tensors(second)
