@@ -9,8 +9,10 @@ gc.collect() (garbage that a collection frees is not a leak): RSS from /proc/sel
 /proc/self/fd, and on CUDA torch.cuda.memory_allocated / memory_reserved.
 
 Printed: the sample at the end of warm-up (--warmup, default a fifth of the steps) and the last one, the growth
-between them, and the least-squares slope over the samples after warm-up (per 1,000 steps). `--max_rss_growth_mb`
-and `--max_fd_growth` turn the figures into an exit status (1 when exceeded), which is how the test uses them.
+between them, and the least-squares slope per 1,000 steps over the samples after warm-up and over their last third
+(an allocator's high-water mark rises in steps and then stays flat; a leak keeps its slope to the end).
+`--max_rss_growth_mb` and `--max_fd_growth` turn the figures into an exit status (1 when exceeded), as the test uses
+them.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def analyse(samples: list[dict[str, float]], warmup: int) -> dict[str, dict[str,
     if len(after) < 2:
         raise ValueError(f"need at least two samples after warm-up step {warmup} (got {len(after)})")
     out = {}
+    tail = max(2, len(after) // 3)
     for key in ("rss_mb", "fds", "cuda_allocated_mb", "cuda_reserved_mb"):
         if key not in after[0]:
             continue
@@ -91,6 +94,8 @@ def analyse(samples: list[dict[str, float]], warmup: int) -> dict[str, dict[str,
             "growth": ys[-1] - ys[0],
             "max_growth": max(ys) - ys[0],
             "slope_per_1000_steps": 1000 * slope([s["step"] for s in after], ys),
+            # an allocator's high-water mark rises in steps and then stays; a leak keeps its slope to the end
+            "last_third_slope_per_1000_steps": 1000 * slope([s["step"] for s in after[-tail:]], ys[-tail:]),
         }
     return out
 
@@ -100,12 +105,12 @@ def report(samples, warmup: int, figures) -> str:
     secs = samples[-1]["t"] - samples[0]["t"]
     lines = [f"soak: {steps} steps in {secs:.0f} s ({secs / max(steps, 1):.3f} s/step), {len(samples)} samples, "
              f"warm-up until step {warmup}"]  # fmt: skip
-    head = ("quantity", "start", "warm", "end", "max", "growth", "/1000 steps")
-    lines.append(f"{head[0]:<18} " + " ".join(f"{h:>10}" for h in head[1:-1]) + f" {head[-1]:>12}")
+    head = ("quantity", "start", "warm", "end", "max", "growth", "/1000 steps", "last third")
+    lines.append(f"{head[0]:<18} " + " ".join(f"{h:>10}" for h in head[1:-2]) + f" {head[-2]:>12} {head[-1]:>12}")
     for key, f in figures.items():
         lines.append(
             f"{key:<18} {f['start']:>10.1f} {f['warm']:>10.1f} {f['end']:>10.1f} {f['max']:>10.1f} "
-            f"{f['growth']:>+10.1f} {f['slope_per_1000_steps']:>+12.2f}"
+            f"{f['growth']:>+10.1f} {f['slope_per_1000_steps']:>+12.2f} {f['last_third_slope_per_1000_steps']:>+12.2f}"
         )
     return "\n".join(lines)
 
