@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 from pathlib import Path
 
 import pytest
@@ -57,14 +58,18 @@ def test_the_soak_catches_a_leak(soak, tmp_path, capsys):
     kept, files = [], []
 
     def leak(tr):  # 100 kB per step, and a file handle every 20 steps
-        kept.append(bytearray(100_000))
+        # fresh pages (an anonymous mapping, written): heap memory freed by earlier tests in the same process would
+        # otherwise be reused without RSS growing
+        m = mmap.mmap(-1, 100_000)
+        m.write(b"x" * 100_000)
+        kept.append(m)
         if tr.step % 20 == 0:
             files.append(open(tmp_path / f"f{tr.step}", "w"))  # noqa: SIM115
 
     try:
         code, result = soak.run(_args(model, tmp_path / "run", 200), hook=leak)
     finally:
-        for f in files:
+        for f in files + kept:
             f.close()
     printed = capsys.readouterr().out
     assert code == 1
