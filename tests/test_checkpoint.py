@@ -80,7 +80,9 @@ def test_crash_while_writing_never_leaves_a_resumable_checkpoint(tmp_path, monke
     with pytest.raises(OSError):
         tr.save_checkpoint()
     root = tmp_path / "run" / ck.SUBDIR
-    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-")]  # garbage, but invisible:
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".tmp-")]  # a failed write removes its own
+    # a process killed while writing cannot: leave such garbage as it would, it must be invisible
+    shutil.copytree(first, root / f".tmp-{ck.checkpoint_dir(tmp_path / 'run', 2).name}-99999")
     assert ck.list_checkpoints(tmp_path / "run") == [first]
     assert ck.find_checkpoint(tmp_path / "run") == first
     # a directory with every file but the marker (e.g. copied by hand) is not a checkpoint either

@@ -16,6 +16,7 @@ from hyft import checkpoint as ck
 from hyft.cli import main
 from hyft.config import Config, load_config
 from hyft.errors import ConfigError
+from hyft.replay import checksum
 from runs import base_args, final_checkpoint, save_tiny
 
 
@@ -46,6 +47,8 @@ def remark(c: Path) -> None:
     """Rewrite the completion marker to match the files (an adversary, or a careless hand, that fixed it up)."""
     info = json.loads((c / ck.MARKER).read_text())
     info["files"] = {rel: (c / rel).stat().st_size for rel in info["files"]}
+    if "sha256" in info:  # the checksums too (else they, not the deeper checks under test, would catch it)
+        info["sha256"] = {rel: ck.sha256_file(c / rel) for rel in info["files"]}
     (c / ck.MARKER).write_text(json.dumps(info))
 
 
@@ -305,6 +308,7 @@ def test_replay_and_resume_refuse_another_device_type(world, tmp_path, capsys):
     c = final_checkpoint(run)
     doc = json.loads((c / "ledger.json").read_text())
     doc["device"] = "cuda"  # as if the run had drawn its directions on a GPU
+    doc["sha256"] = checksum(doc)  # ... which wrote its own checksum
     (c / "ledger.json").write_text(json.dumps(doc))
     remark(c)
     assert (

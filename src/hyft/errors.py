@@ -1,10 +1,11 @@
-"""User-facing errors: one clear line and exit code 2, never a traceback."""
+"""User-facing errors: one clear line and a distinct exit code (2 bad input, 4 cannot write), never a traceback."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_STORAGE = 4
 
 
 class HyftError(Exception):
@@ -25,3 +26,10 @@ class DataError(HyftError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
+
+
+class StorageError(HyftError, OSError):
+    """Writing the run's files failed (disk full, quota, I/O error); names the path. What was saved before is intact:
+    the latest complete checkpoint stays the latest. Also an OSError, so code catching those still does."""
+
+    exit_code = EXIT_STORAGE

@@ -13,6 +13,7 @@ cannot be replayed (their updates are gradients, not seeds): replay refuses such
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hyft.checkpoint import CheckpointError, base_names
+from hyft.checkpoint import MARKER, CheckpointError, base_names, sha256_file
 from hyft.zo.perturb import Direction, ZOTensor, apply_update
 from hyft.zo.rng import mix
 
@@ -59,9 +60,18 @@ def ledger_document(opt, model: nn.Module, *, adapter_ids: set[int], fo_base: li
     }
 
 
+def checksum(doc: dict[str, Any]) -> str:
+    """sha256 of the ledger's content in a canonical form (sorted keys, no spaces; floats as JSON writes them, which
+    round-trip exactly), so a ledger copied out of its checkpoint still detects a changed digit."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_ledger(doc: dict[str, Any], path: Path) -> int:
-    """Header as indented JSON, one update per line (readable, diffable, and about 40 bytes + 20 per query each)."""
-    head = {k: v for k, v in doc.items() if k != "updates"}
+    """Header as indented JSON (with the content's sha256), one update per line (readable, diffable, and about 40
+    bytes + 20 per query each)."""
+    head = {k: v for k, v in doc.items() if k not in ("updates", "sha256")}
+    head["sha256"] = checksum(doc)
     body = json.dumps(head, indent=1)[:-2]
     lines = ",\n".join(json.dumps(u, separators=(",", ":")) for u in doc["updates"])
     text = f'{body},\n "updates": [\n{lines}\n ]\n}}\n'
@@ -90,6 +100,13 @@ def read_ledger(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable ledger ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} ledger")
+    if "sha256" in doc and checksum(doc) != doc["sha256"]:  # ledgers written before checksums have none
+        raise CheckpointError(
+            f"{path}: its content does not match the sha256 recorded in it (the ledger was corrupted or edited)"
+        )
+    recorded = _marker_sha256(path)
+    if recorded is not None and sha256_file(path) != recorded:
+        raise CheckpointError(f"{path}: sha256 differs from the one its checkpoint recorded (corrupted or modified)")
     try:
         for t in doc["tensors"]:
             assert isinstance(t["index"], int) and isinstance(t["shape"], list) and t["part"] in ("base", "adapter")
@@ -102,6 +119,15 @@ def read_ledger(path: Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, AssertionError):
         raise CheckpointError(f"{path}: malformed ledger (fields or updates do not have the {FORMAT} layout)") from None
     return doc
+
+
+def _marker_sha256(path: Path) -> str | None:
+    """The sha256 that the completion marker next to a checkpoint's ledger recorded for it (None: none recorded)."""
+    try:
+        info = json.loads((path.parent / MARKER).read_text(encoding="utf-8"))
+        return info["sha256"][path.name] if path.name == LEDGER else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def check_replayable(doc: dict[str, Any], where: str) -> None:

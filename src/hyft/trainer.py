@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import resource
 import shutil
@@ -18,9 +19,10 @@ import torch
 
 from hyft import checkpoint as ckpt
 from hyft import dist as hdist
+from hyft import lock as hlock
 from hyft import scoring
 from hyft.config import Config, save_config
-from hyft.errors import ConfigError
+from hyft.errors import ConfigError, StorageError
 from hyft.evaluate import EvalOptions, evaluate_examples, headline, log_fields, summary
 from hyft.guard import (
     DivergenceGuard,
@@ -198,6 +200,7 @@ class Trainer:
         self._tb = None
         self.probe = self.make_probe() if cfg.train.probe_every else None
         self.ablation: dict[str, Any] | None = None
+        self._locks = 0  # holds of the output directory's lock (hyft/lock.py) taken by this trainer
 
     # -- pieces -------------------------------------------------------------------------------------------------------
     def make_probe(self) -> Probe:
@@ -359,22 +362,50 @@ class Trainer:
 
     def resume(self, path: str | Path) -> Path:
         """Continue from the latest complete checkpoint of a run directory (or from one checkpoint directory)."""
-        found = ckpt.load_run(self, ckpt.find_checkpoint(path))
+        self.lock()
+        try:
+            if self.is_main:
+                ckpt.restore_moved_aside(ckpt.run_dir_of(path))
+            found = ckpt.load_run(self, ckpt.find_checkpoint(path))
+        except BaseException:
+            self.unlock()
+            raise
         self.resumed_from = self.last_checkpoint = found
         return found
 
     # -- outputs ------------------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the output directory's lock: a second process writing there is refused (hyft/lock.py)."""
+        if self.is_main:
+            hlock.acquire(self.out, "hyft train")
+            self._locks += 1
+
+    def unlock(self) -> None:
+        for _ in range(self._locks):
+            hlock.release(self.out)
+        self._locks = 0
+
     def prepare_output(self) -> None:
         self.dist.on_main(self._prepare_output)  # an error on rank 0 is raised on every rank
 
     def _prepare_output(self) -> None:
+        self.lock()
+        try:
+            self._prepare_files()
+        except StorageError:
+            raise
+        except OSError as e:
+            raise ckpt.storage_error(e, self.out, "the run's files") from None
+
+    def _prepare_files(self) -> None:
         if self.resumed_from is not None:  # continue the run's files: drop what was logged after the checkpoint
             self.out.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale(self.out)
+            ckpt.set_aside_damaged(self.out, self.step)  # resumed from an older one because the latest is damaged
             metrics = self.out / "metrics.jsonl"
             rows = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
             keep = [r for r in rows if _row_step(r) <= self.step]
-            metrics.write_text("".join(r + "\n" for r in keep), encoding="utf-8")
+            ckpt.write_text_atomically(metrics, "".join(r + "\n" for r in keep))
         else:
             if holds_run(self.out) and not self.cfg.train.overwrite:
                 raise ConfigError(
@@ -385,7 +416,9 @@ class Trainer:
             for stale in (ckpt.SUBDIR, "tensorboard"):  # another run's checkpoints must never be resumed from
                 shutil.rmtree(self.out / stale, ignore_errors=True)
             (self.out / "metrics.jsonl").write_text("")
-        save_config(self.cfg, self.out / "config.yaml")
+        tmp = self.out / f".config.yaml.tmp-{os.getpid()}"  # replaced at once: a full disk leaves the old one
+        save_config(self.cfg, tmp)
+        os.replace(tmp, self.out / "config.yaml")
         if "tensorboard" in self.cfg.train.report_to:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -394,8 +427,14 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:  # a line cut by a full disk is dropped at resume (_row_step); the lines before it are untouched
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            last = self.last_checkpoint
+            then = f"; the latest checkpoint is {last} (resume: hyft train --resume {self.out})" if last else ""
+            what = f"the metrics of step {record['step']}"
+            raise ckpt.storage_error(e, self.out / "metrics.jsonl", what, then) from None
         if self._tb is not None:
             if record.get("skipped"):  # a skipped step's loss is not a training curve point
                 self._tb.add_scalar("guard/skipped_steps", self.guard.skipped, record["step"])
@@ -505,6 +544,14 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+            self.unlock()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.prepare_output()
         evals = self.evals
@@ -560,8 +607,8 @@ class Trainer:
             )
         info = self.run_info(evals)
         if self.is_main:
-            (self.out / "eval.json").write_text(json.dumps(evals, indent=1))
-            (self.out / "run.json").write_text(json.dumps(info, indent=1))
+            ckpt.write_text_atomically(self.out / "eval.json", json.dumps(evals, indent=1))
+            ckpt.write_text_atomically(self.out / "run.json", json.dumps(info, indent=1))
             if info["checkpoint"]:
                 c = info["checkpoint"]
                 print(

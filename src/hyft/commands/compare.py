@@ -47,6 +47,9 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             print(f"{state} {c.key}  {c.dir}")
         print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
         return 0
+    from hyft import lock  # one writer per study folder (faults helper: hyft/lock.py)
+
+    lock.acquire(spec.out, "hyft compare")  # held until this process ends; refused while another one holds it
     if args.report_only:
         paths = write_reports(spec)
     else:
