@@ -219,21 +219,21 @@ def test_probe_gradient_memory_is_one_tensor_not_the_whole_gradient():
     assert peaks["kept"] - peaks["dropped"] > 0.8 * (total - largest), (peaks, total)
 
 
-def test_tensor_kinds_by_structure():
-    model = tiny_model("llama")
+def _kinds_by_name(kind: str) -> dict[str, str]:
+    model = tiny_model(kind)
     opt = HybridOptimizer(model, zo_params=list(model.parameters()))
     kinds = tensor_kinds(model, opt.zo_tensors, model.get_output_embeddings())
     names = {id(p): n for n, p in model.named_parameters()}
-    got = {names[id(t.param)]: kinds[t.index] for t in opt.zo_tensors}
+    return {names[id(t.param)]: kinds[t.index] for t in opt.zo_tensors}
+
+
+def test_tensor_kinds_by_structure():
+    got = _kinds_by_name("llama")
     assert got["model.embed_tokens.weight"] == "embed_head"
     assert got["model.layers.0.self_attn.q_proj.weight"] == "attention"
     assert got["model.layers.0.mlp.down_proj.weight"] == "mlp"
     assert got["model.layers.1.input_layernorm.weight"] == "norm" and got["model.norm.weight"] == "norm"
-    opt_model = tiny_model("opt")
-    o = HybridOptimizer(opt_model, zo_params=list(opt_model.parameters()))
-    k = tensor_kinds(opt_model, o.zo_tensors, opt_model.get_output_embeddings())
-    n = {id(p): name for name, p in opt_model.named_parameters()}
-    got = {n[id(t.param)]: k[t.index] for t in o.zo_tensors}
+    got = _kinds_by_name("opt")
     assert got["model.decoder.layers.0.fc1.weight"] == "mlp"
     assert got["model.decoder.layers.0.self_attn.k_proj.bias"] == "attention"
     assert got["model.decoder.embed_positions.weight"] == "embed_head"

@@ -601,19 +601,10 @@ def probe_columns(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_probes(d: Path) -> list[dict[str, Any]]:
-    """A cell's probe records from its metrics.jsonl."""
-    p = d / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict) and r.get("probe_applied"):
-            rows.append(r)
-    return rows
+    """A cell's applied probe records from its metrics.jsonl."""
+    from hyft.probe import read_probe_rows
+
+    return [r for r in read_probe_rows(d / "metrics.jsonl") if r.get("probe_applied")]
 
 
 def targets(spec: CompareSpec, cells: list[Cell]) -> dict[tuple[str, int], float | None]:

@@ -28,9 +28,11 @@ has the same metrics and weights as the same run without.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -468,6 +470,22 @@ def _var(xs: Sequence[float]) -> float:
         return math.nan
     mean = sum(xs) / len(xs)
     return sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+
+
+def read_probe_rows(metrics_jsonl) -> list[dict[str, Any]]:
+    """The applied-or-not probe records of a run's metrics.jsonl (unreadable lines, e.g. torn by a kill, skipped)."""
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "probe_applied" in row:
+            rows.append(row)
+    return rows
 
 
 def summarize(rows: Sequence[dict[str, Any]], opt) -> dict[str, Any] | None:

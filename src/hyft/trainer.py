@@ -37,7 +37,7 @@ from hyft.methods import Method, resolve
 from hyft.models import adapter_parameters, attach_peft, load_model, output_head
 from hyft.optim import HybridOptimizer
 from hyft.partition import Partition, partition
-from hyft.probe import PROBE, Probe, summarize, swapped
+from hyft.probe import PROBE, Probe, read_probe_rows, summarize, swapped
 from hyft.schedule import lr_factor
 from hyft.step import StepResult, hybrid_step, step_counts
 from hyft.zo.rng import DATA, mix
@@ -471,18 +471,7 @@ class Trainer:
 
     def probe_rows(self) -> list[dict[str, Any]]:
         """This run's probe records, read back from metrics.jsonl (so a resumed run reports all of them)."""
-        path = self.out / "metrics.jsonl"
-        if not self.is_main or not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "probe_applied" in row:
-                rows.append(row)
-        return rows
+        return read_probe_rows(self.out / "metrics.jsonl") if self.is_main else []
 
     # -- would I have got this without the ZO half? --------------------------------------------------------------------
     def original_base(self) -> list[torch.Tensor] | None:
