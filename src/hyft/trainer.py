@@ -404,7 +404,8 @@ class Trainer:
             ckpt.set_aside_damaged(self.out, self.step)  # resumed from an older one because the latest is damaged
             metrics = self.out / "metrics.jsonl"
             rows = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
-            keep = [r for r in rows if _row_step(r) <= self.step]
+            # what the previous end of the run logged is stale once the run goes on (e.g. --train.steps raised)
+            keep = [r for r in rows if _row_step(r) <= self.step and '"end_of_run": true' not in r]
             ckpt.write_text_atomically(metrics, "".join(r + "\n" for r in keep))
         else:
             if holds_run(self.out) and not self.cfg.train.overwrite:
@@ -592,7 +593,11 @@ class Trainer:
         self.ablation = self.ablate_zo(evals)
         if self.ablation and "skipped" not in self.ablation:
             self.log(
-                {"step": self.step, **{f"ablation_{s}_zo_points": r["zo_points"] for s, r in self.ablation.items()}}
+                {
+                    "step": self.step,
+                    "end_of_run": True,
+                    **{f"ablation_{s}_zo_points": r["zo_points"] for s, r in self.ablation.items()},
+                }  # fmt: skip
             )
         info = self.run_info(evals)
         if self.is_main:
