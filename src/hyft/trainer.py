@@ -404,8 +404,7 @@ class Trainer:
             ckpt.set_aside_damaged(self.out, self.step)  # resumed from an older one because the latest is damaged
             metrics = self.out / "metrics.jsonl"
             rows = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
-            # what the previous end of the run logged is stale once the run goes on (e.g. --train.steps raised)
-            keep = [r for r in rows if _row_step(r) <= self.step and '"end_of_run": true' not in r]
+            keep = [r for r in rows if _row_step(r) <= self.step]
             ckpt.write_text_atomically(metrics, "".join(r + "\n" for r in keep))
         else:
             if holds_run(self.out) and not self.cfg.train.overwrite:
@@ -591,14 +590,10 @@ class Trainer:
                 if self.is_main:
                     print(f"[hyft] step {self.step} {split} {summary(evals[-1])}")
         self.ablation = self.ablate_zo(evals)
-        if self.ablation and "skipped" not in self.ablation:
-            self.log(
-                {
-                    "step": self.step,
-                    "end_of_run": True,
-                    **{f"ablation_{s}_zo_points": r["zo_points"] for s, r in self.ablation.items()},
-                }  # fmt: skip
-            )
+        if self.ablation and "skipped" not in self.ablation and self._tb is not None:
+            # an end-of-run figure like the final accuracies: run.json and TensorBoard, not metrics.jsonl
+            for split, r in self.ablation.items():
+                self._tb.add_scalar(f"ablation/{split}_zo_points", r["zo_points"], self.step)
         info = self.run_info(evals)
         if self.is_main:
             ckpt.write_text_atomically(self.out / "eval.json", json.dumps(evals, indent=1))
@@ -653,7 +648,6 @@ def _tb_tag(key: str) -> str:
         ("lr_", "lr/"),
         ("eval_", "eval/"),
         ("probe_", "probe/"),
-        ("ablation_", "ablation/"),
     ):
         if key.startswith(prefix):
             return section + key[len(prefix) :]
