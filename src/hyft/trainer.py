@@ -303,6 +303,10 @@ class Trainer:
         return result
 
     def evaluate(self, split: str) -> dict[str, Any]:
+        """Hook: an evaluation on the run's curve (compare and sweep record it). See score_split."""
+        return self.score_split(split)
+
+    def score_split(self, split: str) -> dict[str, Any]:
         """Accuracy by candidate scoring (calibrated with data.calibrate); generation tasks: exact match and F1."""
         try:
             report = evaluate_examples(
@@ -505,7 +509,7 @@ class Trainer:
         with swapped([t.param for t in self.opt.zo_tensors], x0):
             for split, e in final.items():
                 name, updated = headline(e)
-                original = headline(self.evaluate(split))[1]
+                original = headline(self.score_split(split))[1]  # not a curve point
                 out[split] = {"metric": name, "updated_base": updated, "original_base": original,
                               "zo_points": round(100 * (updated - original), 4)}  # fmt: skip
         if self.is_main:
