@@ -43,7 +43,7 @@ def test_replay_rebuilds_the_base_bit_exactly(tmp_path, case, capsys):
     assert doc["generator"] == ("blocked" if "blocked" in case else "torch")
     if "without" in case:  # the previous format: no field; replay must take the reference generator
         doc.pop("generator")
-        write_ledger(doc, c / "ledger.json")  # byte for byte what the code before the field wrote
+        _rewrite_ledger(c, doc)
     assert main(["replay", str(c / "ledger.json"), "--base", str(original), "--out", str(tmp_path / "re")]) == 0
     assert "replayed 5 ZO updates" in capsys.readouterr().out
     saved = {k[5:]: v for k, v in checkpoint_tensors(c).items() if k.startswith("base.")}
@@ -52,6 +52,16 @@ def test_replay_rebuilds_the_base_bit_exactly(tmp_path, case, capsys):
     assert_bit_identical(saved, {k: rebuilt[k] for k in saved})
     first = load_file(next((tmp_path / "original").glob("*.safetensors")))
     assert any(not torch.equal(first[k], saved[k]) for k in saved if k in first)  # the run really moved
+
+
+def _rewrite_ledger(c, doc) -> None:
+    """Write a checkpoint's ledger as the code before the generator field did, and re-mark the checkpoint (its size
+    and sha256 in the completion marker) as that code's save would have."""
+    marker = json.loads((c / ck.MARKER).read_text())
+    marker["files"]["ledger.json"] = write_ledger(doc, c / "ledger.json")
+    if "sha256" in marker:
+        marker["sha256"]["ledger.json"] = ck.sha256_file(c / "ledger.json")
+    (c / ck.MARKER).write_text(json.dumps(marker))
 
 
 def test_the_generators_draw_different_trajectories(tmp_path):
@@ -78,9 +88,7 @@ def test_resume_is_bit_exact_and_checks_the_generator(tmp_path, kernels):
     if kernels != "blocked":  # a checkpoint from before the field, resumed by today's code
         doc = json.loads((c / "ledger.json").read_text())
         doc.pop("generator")
-        marker = json.loads((c / ck.MARKER).read_text())
-        marker["files"]["ledger.json"] = write_ledger(doc, c / "ledger.json")
-        (c / ck.MARKER).write_text(json.dumps(marker))
+        _rewrite_ledger(c, doc)
     # the other generator cannot continue this trajectory: a clear error, nothing lost
     other = [e for e in extra if e not in ("--zo.kernels", "blocked")]
     other += [] if kernels == "blocked" else ["--zo.kernels", "blocked"]
