@@ -369,7 +369,8 @@ def test_random_sigkills_end_with_the_undisturbed_study(undisturbed, saved_model
             break
     assert rc == 0 and "running, continued from step 6 (" in log, log  # the cell killed before run.json
     assert kills == runs == 5, f"only {kills} of {runs} runs were killed: a kill point missed"
-    assert _untimed(out) == _untimed(undisturbed)
+    a, b = _untimed(out), _untimed(undisturbed)
+    assert a == b, [(i, k, x.get(k), y.get(k)) for i, (x, y) in enumerate(zip(a, b)) for k in x if x.get(k) != y.get(k)]
     _same_cells(undisturbed, out)
     assert not list(out.rglob(".*.tmp-*"))  # no torn temporary left behind
 

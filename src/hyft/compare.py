@@ -464,7 +464,9 @@ def run_cell_in_process(
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    tr = CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start)
+    # a model from the checkpoint (not from a factory) still has cfg.model as its original: the ZO ablation reloads it
+    reloadable = model_factory is None
+    tr = CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start, reloadable=reloadable)
     if resume_from is not None:
         tr.resume(resume_from)
     return tr.fit()
