@@ -490,8 +490,12 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def threads_per_cell(jobs: int) -> int | None:
-    """Torch threads for each of `jobs` concurrent cells; None (the default, untouched) for one at a time."""
+def threads_per_cell(jobs: int, threads: int | None = None) -> int | None:
+    """Torch threads for each of `jobs` concurrent cells: `threads` when given, else cores // jobs, and None (the
+    default, untouched) for one at a time. CPU kernels may round differently at another thread count, so studies
+    are identical across --jobs at equal threads per cell (pin it with --threads)."""
+    if threads is not None:
+        return threads
     return None if jobs <= 1 else max(1, cpu_cores() // jobs)
 
 
@@ -758,12 +762,15 @@ def run_compare(
     model_factory: Callable[[Config], tuple[Any, Any]] | None = None,
     in_process: bool = False,
     jobs: int = 1,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every unfinished cell (continuing those with a checkpoint), `jobs` at a time, then write compare.csv,
     compare.md, compare.json and plots/. Reports are rewritten after every cell; rows are always in cell order."""
     if jobs < 1:
         raise ConfigError(f"--jobs: expected a positive number of concurrent cells, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: expected a positive number of torch threads per cell, got {threads}")
     in_process = in_process or model_factory is not None
     if in_process and jobs > 1:
         raise ConfigError("--jobs: concurrent cells run as separate processes; drop --in_process (or use --jobs 1)")
@@ -802,16 +809,17 @@ def run_compare(
             ok, msg = run_cell(c, dev_at_start=spec.eval_start, model_factory=model_factory, in_process=True)
             finished(i, c, ok, msg, t0)
     else:
-        _run_pool(spec, todo, n, jobs, finished, log)
+        _run_pool(spec, todo, n, jobs, finished, log, threads_per_cell(jobs, threads))
     paths = write_reports(spec, failures)
     return {"ran": len(todo), "skipped": skipped, "failures": failures, **paths}
 
 
-def _run_pool(spec: CompareSpec, todo: list[tuple[int, Cell]], n: int, jobs: int, finished, log) -> None:
+def _run_pool(
+    spec: CompareSpec, todo: list[tuple[int, Cell]], n: int, jobs: int, finished, log, threads: int | None
+) -> None:
     """Keep up to `jobs` cell processes running, launched in cell order. Launching and reaping happen on this thread:
     each child asks the kernel for SIGTERM when its parent dies (see _cell_main), which is tied to the thread that
     started it."""
-    threads = threads_per_cell(jobs)
     env = _subprocess_env(threads)
     pending = list(todo)
     running: list[tuple[subprocess.Popen, int, Cell, float, Any]] = []

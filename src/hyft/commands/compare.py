@@ -22,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval_every", type=int, help="dev evaluation every K steps (default train.steps // 10)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="cells run at once, each in its own process (CPU: cores // N torch threads each; one GPU: "
-                        "shared); results equal --jobs 1")  # fmt: skip
+                        "shared); results equal --jobs 1 at equal --threads")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per cell (default: untouched with --jobs 1, else cores // N); results are "
+                        "identical across --jobs at equal threads per cell")  # fmt: skip
     p.add_argument(
         "--in_process",
         action="store_true",
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     if args.report_only:
         paths = write_reports(spec)
     else:
-        result = run_compare(spec, in_process=args.in_process, jobs=args.jobs)
+        result = run_compare(spec, in_process=args.in_process, jobs=args.jobs, threads=args.threads)
         paths = result
         print(f"[hyft] ran {result['ran']} cell(s), skipped {result['skipped']} finished")
         if result["failures"]:
