@@ -65,6 +65,20 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert a[k].dtype == b[k].dtype and torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
 
 
+def interrupted_copy(ref: Path, run: Path) -> Path:
+    """A finished run "interrupted" after its first checkpoint: a copy of `ref` at `run` that keeps only that
+    checkpoint and no run.json, ready to be resumed and compared with `ref`."""
+    import shutil
+
+    from hyft.checkpoint import list_checkpoints
+
+    shutil.copytree(ref, run)
+    for c in list_checkpoints(run)[1:]:
+        shutil.rmtree(c)
+    (Path(run) / "run.json").unlink()
+    return Path(run)
+
+
 def final_checkpoint(run_dir: Path) -> Path:
     from hyft.checkpoint import list_checkpoints
 

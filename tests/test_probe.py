@@ -18,7 +18,16 @@ from hyft.optim import HybridOptimizer
 from hyft.probe import directional_derivatives, tensor_kinds
 from hyft.validate import check_config
 from hyft.zo.perturb import Direction
-from runs import assert_bit_identical, base_args, checkpoint_tensors, final_checkpoint, make_trainer, metrics, save_tiny
+from runs import (
+    assert_bit_identical,
+    base_args,
+    checkpoint_tensors,
+    final_checkpoint,
+    interrupted_copy,
+    make_trainer,
+    metrics,
+    save_tiny,
+)
 
 
 def _setup(dtype=torch.float64, distribution="gaussian", shape=(4, 12)):
@@ -141,17 +150,11 @@ def test_ledger_drift_estimate_matches_the_exact_drift(tmp_path):
 
 
 def test_resumed_probed_run_equals_uninterrupted(tmp_path):
-    import shutil
-
-    from hyft import checkpoint as ck
 
     extra = ["--train.probe_every", "2", "--train.save_every", "3", "--train.keep_checkpoints", "5"]
     make_trainer(tmp_path / "ref", "hybrid", 6, extra).fit()
     run = tmp_path / "run"  # "interrupted" after step 3: only that checkpoint is kept
-    shutil.copytree(tmp_path / "ref", run)
-    for c in ck.list_checkpoints(run)[1:]:
-        shutil.rmtree(c)
-    (run / "run.json").unlink()
+    interrupted_copy(tmp_path / "ref", run)
     tr = make_trainer(run, "hybrid", 6, extra)
     tr.resume(run)
     info = tr.fit()
