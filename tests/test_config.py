@@ -82,3 +82,62 @@ def test_a_setting_for_a_missing_group_says_how_to_proceed():
 
     with pytest.raises(ConfigError, match="drop the zo: setting for this method, or run several methods"):
         check_config(load_config(None, ["--method", "lora", "--zo.lr", "1e-4"]))
+
+
+def test_each_knobs_choices_are_declared_once_on_its_config_field():
+    from hyft import dist, methods, optim, partition, schedule, step, validate
+    from hyft.config import choices, field_choices
+    from hyft.zo import kernels
+
+    assert step.SCHEDULES == choices("zo.schedule") == ("onesided", "central", "alternating")
+    assert choices("fo.optimizer") == optim.FO_OPTIMIZERS
+    assert optim.KERNELS[:4] == choices("zo.kernels")
+    assert choices("zo.scratch") == kernels.SCOPES  # the core imports torch only: checked here, not imported
+    assert schedule.SCHEDULES == choices("zo.lr_schedule") == choices("fo.lr_schedule")
+    assert choices("peft.type") == methods.PEFT_TYPES and choices("base") == partition.TREATMENTS
+    assert (choices("dist.strategy"), choices("dist.backend")) == (dist.STRATEGIES, dist.BACKENDS)
+    assert choices("train.report_to") == validate.REPORTERS and not hasattr(validate, "ENUMS")
+    assert {"model.dtype", "zo.distribution", "zo.rounding", "train.dropout", "data.loss"} <= set(field_choices())
+    line = next(x for x in describe() if x.startswith("  --zo.schedule "))
+    assert "[onesided|central|alternating] (default None)" in line  # None: the method's own, not a choice
+
+
+def test_a_new_choice_on_a_field_is_all_validation_needs(monkeypatch):
+    import dataclasses
+
+    from hyft.config import ZOConfig
+    from hyft.validate import check_config
+
+    with pytest.raises(ConfigError, match="--zo.rounding: unknown value 'floor'; choose from stochastic, nearest"):
+        check_config(load_config(None, ["--zo.rounding", "floor"]))
+    f = next(f for f in dataclasses.fields(ZOConfig) if f.name == "rounding")
+    monkeypatch.setattr(f, "metadata", {**f.metadata, "choices": ("stochastic", "nearest", "floor")})
+    check_config(load_config(None, ["--zo.rounding", "floor"]))
+
+
+def test_one_zo_lr_default_the_papers():
+    import inspect
+
+    from hyft.config import default
+    from hyft.hf_trainer import HybridTrainingArguments
+    from hyft.optim import HybridOptimizer
+
+    assert Config().zo.lr == default("zo.lr") == 1e-6
+    assert inspect.signature(HybridOptimizer).parameters["zo_lr"].default == 1e-6
+    args = HybridTrainingArguments(output_dir="unused", report_to=[])
+    cfg = Config()
+    for name in ("lr", "mu", "queries", "distribution", "weight_decay", "momentum", "rounding", "fp32_master",
+                 "embeddings", "lm_head", "include", "exclude"):  # fmt: skip
+        assert getattr(args, f"zo_{name}") == getattr(cfg.zo, name), name
+    with pytest.raises(ValueError, match="zo_rounding 'floor': choose from stochastic, nearest"):
+        HybridTrainingArguments(output_dir="unused", report_to=[], zo_rounding="floor")
+
+
+def test_a_resumed_runs_saved_config_may_restate_an_old_default(tmp_path):
+    from hyft.validate import check_config
+
+    saved = tmp_path / "config.yaml"  # a lora run's config.yaml written when zo.lr's default was 1e-5
+    saved.write_text("method: lora\nzo:\n  lr: 1.0e-05\n")
+    with pytest.raises(ConfigError, match="has no zeroth-order group"):
+        check_config(load_config(saved))
+    assert check_config(load_config(saved), saved=True).peft == "lora"

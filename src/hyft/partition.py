@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-TREATMENTS = ("frozen", "fo", "zo")
+from hyft.config import choices
+
+TREATMENTS = choices("base")  # what happens to a group of tensors: the choices of the config key `base`
 
 
 @dataclass

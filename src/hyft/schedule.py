@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "linear", "cosine")
+from hyft.config import LR_SCHEDULES as SCHEDULES  # declared once, on zo.lr_schedule / fo.lr_schedule
 
 
 def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from hyft.config import choices
 from hyft.optim import HybridOptimizer
 from hyft.zo.estimator import projected_grads
 from hyft.zo.rng import DATA, mix
 
-SCHEDULES = ("onesided", "central", "alternating")
+SCHEDULES = choices("zo.schedule")
 
 
 @dataclass
