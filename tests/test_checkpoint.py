@@ -77,7 +77,7 @@ def test_crash_while_writing_never_leaves_a_resumable_checkpoint(tmp_path, monke
             raise OSError("disk full")  # a crash after base/, adapter/ and trainer state were written
         real(state, directory, name)
 
-    monkeypatch.setattr(ck, "save_state", crash)
+    monkeypatch.setattr(ck.weights, "save_state", crash)
     with pytest.raises(OSError):
         tr.save_checkpoint()
     root = tmp_path / "run" / ck.SUBDIR
@@ -94,7 +94,7 @@ def test_crash_while_writing_never_leaves_a_resumable_checkpoint(tmp_path, monke
     with pytest.raises(ck.CheckpointError, match="incomplete checkpoint"):
         ck.find_checkpoint(fake)
     # resuming cleans the garbage up
-    monkeypatch.setattr(ck, "save_state", real)
+    monkeypatch.setattr(ck.weights, "save_state", real)
     tr2 = make_trainer(tmp_path / "run", steps=4)
     tr2.resume(tmp_path / "run")
     tr2.prepare_output()
@@ -260,7 +260,7 @@ def test_tensorboard_scalars(tmp_path):
 
 
 def test_sharded_base_resumes_and_loads_in_transformers(tmp_path, monkeypatch):
-    monkeypatch.setattr(ck, "SHARD_BYTES", 20_000)  # ~110 kB of base tensors -> several shards
+    monkeypatch.setattr(ck.weights, "SHARD_BYTES", 20_000)  # ~110 kB of base tensors -> several shards
     ref = make_trainer(tmp_path / "ref", steps=4, extra=["--train.save_every", "2"])
     ref.fit()
     c = final_checkpoint(tmp_path / "ref")

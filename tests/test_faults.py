@@ -229,7 +229,7 @@ def test_disk_full_through_the_cli_exits_4_then_resume_is_bit_identical(tmp_path
             raise OSError(errno.ENOSPC, ENOSPC, str(path))
         real(tensors, path, metadata)
 
-    monkeypatch.setattr(ck, "write_tensors", full_at_step_4)
+    monkeypatch.setattr(ck.weights, "write_tensors", full_at_step_4)
     assert main(args(tmp_path / "run")) == 4
     err = _errors(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("hyft: error: ") and "No space left on device" in err[0], err

@@ -281,7 +281,7 @@ def test_validation_never_raises_anything_but_config_error(args):
 def test_custom_model_code_runs_only_with_trust_remote_code(world, tmp_path):
     """A model directory whose config points at its own modelling code: hyft's loaders (train, resume/export, replay)
     use the built-in architecture unless model.trust_remote_code is set."""
-    from hyft.commands.train import load_model_for
+    from hyft.checkpoint import load_model_for
 
     d = tmp_path / "evil"
     shutil.copytree(world / "tiny", d)

@@ -455,9 +455,7 @@ def run_cell_in_process(
     if model_factory is not None:
         model, tok = model_factory(cfg)  # the checkpoint's tensors are loaded over it by resume()
     elif resume_from is not None:
-        from hyft.commands.train import load_model_for
-
-        model, tok = load_model_for(cfg, resume_from)
+        model, tok = ckpt.load_model_for(cfg, resume_from)
     if torch.cuda.is_available():  # in-process cells: free the previous cell's tensors, then count this one's peak
         import gc
 
@@ -828,7 +826,7 @@ def _run_pool(
             while pending and len(running) < jobs:
                 i, c = pending.pop(0)
                 resume_from = prepare_cell(c, in_process=False, threads=threads)
-                how = f", continued from step {ckpt._step_of(resume_from)} ({resume_from})" if resume_from else ""
+                how = f", continued from step {ckpt.step_of(resume_from)} ({resume_from})" if resume_from else ""
                 log(f"[hyft] {i}/{n} {c.key}: running{how}")
                 fh = open(c.dir / "log.txt", "a" if resume_from else "w", encoding="utf-8")  # noqa: SIM115 (closed when reaped)
                 cmd = cell_command(c, dev_at_start=spec.eval_start, resume_from=resume_from, threads=threads)

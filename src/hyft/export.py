@@ -53,7 +53,7 @@ def staged(out: Path, overwrite: bool) -> Iterator[Path]:
     _finish(tmp, out)
 
 
-def _save(model, tok, out: Path) -> None:
+def save_model_dir(model, tok, out: Path) -> None:
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     if not list(out.glob("*.safetensors")):
@@ -102,7 +102,7 @@ def export(
     if peft_out is not None:
         out = Path(peft_out)
         with staged(out, overwrite) as tmp:
-            _save(model, tok, tmp / "base")
+            save_model_dir(model, tok, tmp / "base")
             if adapter is not None:
                 shutil.copytree(c / "adapter", tmp / "adapter")
                 adapter["base_model_name_or_path"] = str((out / "base").resolve())
@@ -115,6 +115,6 @@ def export(
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(c / "adapter")).merge_and_unload()
-            _save(model, tok, tmp)
+            save_model_dir(model, tok, tmp)
         report["merged"] = str(out)
     return report

@@ -54,7 +54,7 @@ def _cell(v: Any) -> str:
 
 
 # -- plots -------------------------------------------------------------------------------------------------------------
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +114,7 @@ def plot_curves(
     loss, each against steps and against training seconds. With `share` (per method and seed: (step, cumulative
     loss change from the ZO update, from the FO update) at probe steps) a third row: the ZO share of the loss
     decrease, and both cumulative changes, against steps."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = 3 if share else 2
     fig, axes = plt.subplots(rows, 2, figsize=(13, 4 * rows))
     panels = [(dev, "dev accuracy", 0), (loss, "training loss", 1)]

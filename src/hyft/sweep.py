@@ -329,11 +329,11 @@ def heatmap_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 def draw_heatmap(rows: list[dict[str, Any]], x: str, y: str, out: Path) -> dict[str, Any]:
     """heatmap.png (dev accuracy per cell, diverged cells hatched and labelled) and heatmap.csv into `out`."""
-    from hyft.report import _pyplot, save_figure
+    from hyft.report import pyplot, save_figure
 
     table = heatmap_table(rows, x, y)
     write_atomic(out / "heatmap.csv", csv_text(heatmap_rows(table), [y, x, "trial", "status", "final_dev"]))
-    plt = _pyplot()
+    plt = pyplot()
     values = [[math.nan if c["final_dev"] is None else c["final_dev"] for c in line] for line in table["cells"]]
     nx, ny = len(table["xs"]), len(table["ys"])
     fig, ax = plt.subplots(figsize=(1.6 * nx + 2.5, 1.0 * ny + 1.8))

@@ -212,7 +212,7 @@ def run_bases(run_dir: Path, cfg):
     ckpt.verify(c)
     model, tok = load_model(cfg.model)
     model = attach_peft(model, resolve(cfg).peft, cfg.peft)
-    if ckpt._is_peft(model):
+    if ckpt.is_peft(model):
         ckpt.load_adapter(model, c / "adapter")
     model.eval()
     names = ckpt.base_names(model, adapter_parameters(model))

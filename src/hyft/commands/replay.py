@@ -23,10 +23,10 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     import torch
 
-    from hyft.commands.train import load_model_for
+    from hyft.checkpoint import load_model_for
     from hyft.config import Config
     from hyft.errors import ConfigError
-    from hyft.export import _save, staged
+    from hyft.export import save_model_dir, staged
     from hyft.replay import check_replayable, find_ledger, read_ledger, replay
     from hyft.validate import check_model_source
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         model, tok = load_model_for(cfg, None)
         t0 = time.perf_counter()
         counts = replay(doc, model, where=str(path))
-        _save(model, tok, tmp)
+        save_model_dir(model, tok, tmp)
     size = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
     print(
         f"[hyft] replayed {counts['updates']} ZO updates on {counts['tensors']} base tensors of {base} "

@@ -76,25 +76,6 @@ def lock_output(directory: str | Path, held: list) -> None:
         restore_moved_aside(directory)  # before a resume looks for the latest checkpoint
 
 
-def load_model_for(cfg, ckpt: Path | None, model_cfg=None):
-    """(model, tokenizer): from a complete checkpoint's base/ when resuming, else from model.name. Loading errors
-    become one-line ConfigErrors naming the source."""
-    from hyft.checkpoint import load_base_model
-    from hyft.errors import ConfigError, HyftError
-    from hyft.models import load_model
-
-    model_cfg = model_cfg or cfg.model
-    try:
-        if ckpt is not None:
-            return load_base_model(ckpt, model_cfg)
-        return load_model(model_cfg)
-    except HyftError:
-        raise
-    except Exception as e:  # transformers / safetensors errors on a bad model source: one line, exit 2
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"model.name: cannot load {cfg.model.name!r}: {type(e).__name__}: {first}") from None
-
-
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from hyft.config import describe
 
@@ -115,7 +96,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _train(args: argparse.Namespace, rest: list[str], held: list) -> int:
     from hyft import dist as hdist
-    from hyft.checkpoint import run_dir_of
+    from hyft.checkpoint import load_model_for, run_dir_of
     from hyft.config import load_config
     from hyft.errors import ConfigError
     from hyft.trainer import Trainer
