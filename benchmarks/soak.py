@@ -31,6 +31,7 @@ if str(ROOT / "src") not in sys.path:
 
 import torch  # noqa: E402
 
+from hyft.callbacks import Callback  # noqa: E402
 from hyft.trainer import Trainer  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,22 +48,22 @@ def sample(step: int, device: torch.device) -> dict[str, float]:
     return out
 
 
-class SoakTrainer(Trainer):
-    """A Trainer that records a sample every `every` steps and can run a hook after each step (the leak check)."""
+class Sampler(Callback):
+    """Records a sample at the start and every `every` steps, and runs `hook(trainer)` after each step (the leak
+    check)."""
 
-    every = 10
-    hook = None
+    def __init__(self, every: int = 10, hook=None):
+        self.every, self.hook = every, hook
+        self.samples: list[dict[str, float]] = []
 
-    def fit(self):
-        self.samples = [sample(self.step, self.device)]
-        return super().fit()
+    def on_train_begin(self, tr) -> None:
+        self.samples.append(sample(tr.step, tr.device))
 
-    def after_step(self, result) -> None:
-        super().after_step(result)
+    def on_step_end(self, tr, result) -> None:
         if self.hook is not None:
-            self.hook(self)
-        if self.step % self.every == 0:
-            self.samples.append(sample(self.step, self.device))
+            self.hook(tr)
+        if tr.step % self.every == 0:
+            self.samples.append(sample(tr.step, tr.device))
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -128,11 +129,11 @@ def run(argv: list[str] | None = None, *, hook=None) -> tuple[int, dict]:
 
     cfg = load_config(None, ["--train.steps", str(args.steps), "--train.progress", "false", *overrides])
     warmup = args.warmup if args.warmup is not None else args.steps // 5
-    tr = SoakTrainer(cfg)
-    tr.every, tr.hook = args.every, hook
+    sampler = Sampler(args.every, hook)
+    tr = Trainer(cfg, callbacks=[sampler])
     tr.fit()
-    figures = analyse(tr.samples, warmup)
-    print(report(tr.samples, warmup, figures), flush=True)
+    figures = analyse(sampler.samples, warmup)
+    print(report(sampler.samples, warmup, figures), flush=True)
     ok = True
     rss, fds = figures["rss_mb"], figures["fds"]
     if args.max_rss_growth_mb is not None and rss["max_growth"] > args.max_rss_growth_mb:
@@ -141,7 +142,7 @@ def run(argv: list[str] | None = None, *, hook=None) -> tuple[int, dict]:
     if args.max_fd_growth is not None and fds["max_growth"] > args.max_fd_growth:
         print(f"soak: open file handles grew by {fds['max_growth']:.0f} after warm-up (bound {args.max_fd_growth})")
         ok = False
-    result = {"argv": argv if argv is not None else sys.argv[1:], "samples": tr.samples, "figures": figures}
+    result = {"argv": argv if argv is not None else sys.argv[1:], "samples": sampler.samples, "figures": figures}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return (0 if ok else 1), result

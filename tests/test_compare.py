@@ -14,8 +14,9 @@ import yaml
 from conftest import byte_tokenizer, save_tiny_model, tiny_model
 from hyft import compare
 from hyft.cli import main
-from hyft.compare import load_spec, parse_variant, run_compare
+from hyft.compare import load_spec, run_compare
 from hyft.errors import ConfigError
+from hyft.variants import parse_variant
 
 DATA = "tests/fixtures/data"
 
@@ -424,7 +425,8 @@ def test_run_study_launcher_reruns_until_done(tmp_path):
 
 
 def test_cpu_study_and_landscape_configs_are_valid():
-    from hyft.compare import config_from_dict, expand, merge
+    from hyft.config import expand, merge
+    from hyft.config import from_dict as config_from_dict
     from hyft.methods import resolve
     from hyft.sweep import base_dict, check_heatmap_keys, parse_grid, trial_params
 
@@ -466,7 +468,7 @@ def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     ref = load_spec(cfg, out=str(tmp_path / "ref"), eval_every=2, overrides=over)
     assert not run_compare(ref, model_factory=factory, log=lambda s: None)["failures"]
 
-    real = compare.CellTrainer.train_step
+    real = compare.Trainer.train_step
 
     def crash_at_5(self):
         if self.step == 4:
@@ -474,12 +476,12 @@ def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         return real(self)
 
     spec = load_spec(cfg, out=str(tmp_path / "cut"), eval_every=2, overrides=over)
-    monkeypatch.setattr(compare.CellTrainer, "train_step", crash_at_5)
+    monkeypatch.setattr(compare.Trainer, "train_step", crash_at_5)
     assert (
         "power cut"
         in run_compare(spec, model_factory=factory, log=lambda s: None)["failures"]["sst2/hybrid-lora/seed0"]
     )
-    monkeypatch.setattr(compare.CellTrainer, "train_step", real)
+    monkeypatch.setattr(compare.Trainer, "train_step", real)
     logs = []
     assert not run_compare(spec, model_factory=factory, log=logs.append)["failures"]
     cell = tmp_path / "cut" / "cells" / "sst2" / "hybrid-lora" / "seed0"

@@ -141,3 +141,43 @@ def test_a_resumed_runs_saved_config_may_restate_an_old_default(tmp_path):
     with pytest.raises(ConfigError, match="has no zeroth-order group"):
         check_config(load_config(saved))
     assert check_config(load_config(saved), saved=True).peft == "lora"
+
+
+def test_from_dict_validates_a_mapping_like_a_file_without_temporary_files(tmp_path, monkeypatch):
+    import tempfile
+
+    from hyft.config import from_dict
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", None)  # would raise TypeError if anything used one
+    cfg = from_dict({"zo": {"lr": "1e-4"}, "train": {"steps": 3}}, overrides=["--train.steps", "5"])
+    assert (cfg.zo.lr, cfg.train.steps) == (1e-4, 5)
+    assert load_config(_write(tmp_path / "c.yaml", "zo: {lr: 1.0e-4}\ntrain: {steps: 3}\n"), ["--train.steps", "5"]) \
+        .to_dict() == cfg.to_dict()  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^trial 3: zo.lr: expected float, got str 'abc'$"):
+        from_dict({"zo": {"lr": "abc"}}, "trial 3: ")
+    with pytest.raises(ConfigError, match=r"^cell: fo.lrr: unknown key \(did you mean 'lr'\?\)$"):
+        from_dict({"fo": {"lrr": 1}}, "cell: ")
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_experiment_configs_are_read_and_checked_like_train_configs(tmp_path):
+    from hyft.compare import load_spec
+    from hyft.sweep import base_dict
+
+    bad = _write(tmp_path / "bad.yaml", "method: hybrid\nzo:\n  lr: fast\ncompare: {methods: [hybrid]}\n")
+    for load in (lambda: load_spec(bad), lambda: base_dict(bad, [])):
+        with pytest.raises(ConfigError, match=rf"^{bad}:3: zo.lr: expected float, got str 'fast'$"):
+            load()
+    torn = _write(tmp_path / "torn.yaml", "zo: {lr: 1\n")
+    for load in (lambda: load_spec(torn), lambda: base_dict(torn, []), lambda: load_config(torn)):
+        with pytest.raises(ConfigError, match=rf"^{torn}:2: invalid YAML"):
+            load()
+    with pytest.raises(ConfigError, match=r"^--zo.mu: expected float"):
+        base_dict(_write(tmp_path / "ok.yaml", "method: hybrid\n"), ["--zo.mu", "big"])
+    ok = _write(tmp_path / "sec.yaml", "compare: [hybrid]\n")
+    with pytest.raises(ConfigError, match=rf"^{ok}:1: compare: expected a mapping$"):
+        load_spec(ok)

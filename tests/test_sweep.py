@@ -62,14 +62,14 @@ def test_picks_by_dev_accuracy(tmp_path, monkeypatch):
     from hyft import sweep
 
     devs = iter([0.25, 0.75, 0.5])
-    real_fit = sweep.SweepTrainer.fit
+    real_fit = sweep.Trainer.fit
 
     def fit(self):
         info = real_fit(self)
         info["final"]["dev"] = next(devs)
         return info
 
-    monkeypatch.setattr(sweep.SweepTrainer, "fit", fit)
+    monkeypatch.setattr(sweep.Trainer, "fit", fit)
     grid = parse_grid(["fo.lr=0.001,0.002,0.003"])
     res = run_sweep(base(), grid, method="lora", out=tmp_path, steps=2, model_factory=factory, log=lambda s: None)
     assert res["best"].params == {"fo.lr": 0.002} and res["best"].final_dev == 0.75
@@ -194,7 +194,7 @@ def tiny_adapter_init(tmp_path):
 
 
 def merge_dict(a, b):
-    from hyft.compare import merge
+    from hyft.config import merge
 
     return merge(a, b)
 

@@ -11,12 +11,8 @@ latest complete checkpoint when the comparison runs again, through the same resu
 ends bit-identical to an uninterrupted cell. Study-level files are written atomically (temporary file, then
 os.replace): a study killed at any moment and run again ends with the same results.
 
-Method names (see docs/results.md):
-    a preset                  ft, lora, prefix, prompt, mezo, zo-lora, hybrid
-    preset-suffix[-suffix]    suffixes: lora|prefix|prompt (peft.type), sgd|adamw (fo.optimizer),
-                              onesided|central|alternating (zo.schedule); e.g. hybrid-prefix, lora-adamw
-    a `variants:` entry       in the config's `compare:` section, name -> config overrides (nested or dotted keys)
-    NAME=BASE+key=value+...   inline: BASE is any of the above, then dotted config overrides
+Method names: see hyft/variants.py and docs/results.md. The base config is read and checked by config.load_base,
+each cell's config built with config.expand / merge and checked by config.from_dict (as sweep.py does).
 """
 
 from __future__ import annotations
@@ -40,17 +36,15 @@ import torch
 import yaml
 
 from hyft import checkpoint as ckpt
-from hyft.config import Config, load_config, parse_overrides
+from hyft.callbacks import Callback
+from hyft.config import Config, load_base, load_config, merge
+from hyft.config import from_dict as config_from_dict
 from hyft.errors import ConfigError
 from hyft.evaluate import headline
-from hyft.methods import PRESETS, resolve
+from hyft.methods import resolve
 from hyft.trainer import Trainer
+from hyft.variants import Variant, parse_variant
 
-SUFFIXES = {
-    **{k: ("peft", "type") for k in ("lora", "prefix", "prompt")},
-    **{k: ("fo", "optimizer") for k in ("sgd", "adamw")},
-    **{k: ("zo", "schedule") for k in ("onesided", "central", "alternating")},
-}
 COMPARE_KEYS = {"methods", "tasks", "seeds", "variants", "target", "eval_every", "out", "eval_start"}
 # From run.json's probe summary and ZO ablation (docs/probes.md); empty for cells run without probes.
 PROBE_FIELDS = [
@@ -78,125 +72,6 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 # -- config dictionaries -------------------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML would read it, with 1e-6-style floats read as floats (YAML 1.1 needs a dot)."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def expand(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys ({"fo.lr": 1e-3}) to nested mappings; nested mappings are expanded recursively."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        cur = out
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-            if not isinstance(cur, dict):
-                raise ConfigError(f"{key}: {p} is not a section")
-        cur[parts[-1]] = expand(value) if isinstance(value, dict) and parts[-1] not in ("options", "dataset") else value
-    return out
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else is replaced."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("options", "dataset"):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def config_from_dict(data: dict[str, Any], where: str = "") -> Config:
-    """Validate a nested config mapping exactly as `hyft train --config` would."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, encoding="utf-8") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    try:
-        return load_config(f.name)
-    except ConfigError as e:
-        raise ConfigError(f"{where}{str(e).split(': ', 1)[-1]}") from None
-    finally:
-        os.unlink(f.name)
-
-
-# -- method variants -----------------------------------------------------------------------------------------------
-@dataclass
-class Variant:
-    name: str
-    overrides: dict[str, Any]  # nested config mapping, method included
-
-
-def builtin_variant(name: str) -> dict[str, Any]:
-    if name in PRESETS:
-        return {"method": name}
-    bases = sorted((p for p in PRESETS if name.startswith(p + "-")), key=len, reverse=True)
-    if not bases:
-        raise ConfigError(
-            f"method {name!r}: not a preset ({', '.join(PRESETS)}), a preset with suffixes "
-            f"({', '.join(SUFFIXES)}), a variant from the config's compare.variants, or NAME=BASE+key=value"
-        )
-    out: dict[str, Any] = {"method": bases[0]}
-    for token in name[len(bases[0]) + 1 :].split("-"):
-        if token not in SUFFIXES:
-            raise ConfigError(f"method {name!r}: unknown suffix {token!r}; suffixes: {', '.join(SUFFIXES)}")
-        section, key = SUFFIXES[token]
-        out = merge(out, {section: {key: token}})
-    return out
-
-
-def parse_variant(spec: str, variants: dict[str, dict[str, Any]], _depth: int = 0) -> Variant:
-    """A method spec -> its name and config overrides (see the module docstring)."""
-    spec = spec.strip()
-    if _depth > 10:
-        raise ConfigError(f"method {spec!r}: variants refer to each other in a loop")
-    if "=" in spec.split("+", 1)[0]:
-        name, body = spec.split("=", 1)
-        if not name or "/" in name:
-            raise ConfigError(f"method {spec!r}: a variant name must be non-empty and have no '/'")
-        base, *pairs = body.split("+")
-        over = parse_variant(base, variants, _depth + 1).overrides
-        for pair in pairs:
-            if "=" not in pair:
-                raise ConfigError(f"method {spec!r}: expected key=value after '+', got {pair!r}")
-            k, v = pair.split("=", 1)
-            over = merge(over, expand({k.strip(): parse_value(v.strip())}))
-        return Variant(name.strip(), over)
-    if "+" in spec:
-        raise ConfigError(f"method {spec!r}: give an inline variant a name, e.g. my-{spec.split('+')[0]}={spec}")
-    if spec in variants:
-        v = variants[spec]
-        if not isinstance(v, dict):
-            raise ConfigError(f"compare.variants.{spec}: expected a mapping of config overrides")
-        v = expand(v)
-        base = v.pop("base", None)
-        if base == spec:  # `lora: {base: lora, ...}` refines the built-in lora
-            over = builtin_variant(spec)
-        else:
-            over = parse_variant(base, variants, _depth + 1).overrides if base else {}
-        over = merge(over, v)
-        if "method" not in over:
-            try:
-                over = merge(builtin_variant(spec), over)
-            except ConfigError:
-                raise ConfigError(f"compare.variants.{spec}: give a `method:` or a `base:` variant") from None
-        return Variant(spec, over)
-    return Variant(spec, builtin_variant(spec))
-
-
 # -- the plan ------------------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
@@ -299,29 +174,10 @@ def load_spec(
 ) -> CompareSpec:
     """The comparison from a config file (a normal hyft config; an optional `compare:` section holds methods, tasks,
     seeds, variants, target, eval_every, out, eval_start) and command-line values, which win."""
-    data: dict[str, Any] = {}
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    comp = data.pop("compare", None) or {}
-    if not isinstance(comp, dict):
-        raise ConfigError("compare: expected a mapping")
+    base, comp = load_base(config, overrides)  # validated; errors name FILE:LINE and the key
     unknown = sorted(set(comp) - COMPARE_KEYS)
     if unknown:
         raise ConfigError(f"compare: unknown key(s) {unknown}; allowed: {sorted(COMPARE_KEYS)}")
-    base = expand(data)
-    for key, value in parse_overrides(overrides or []):
-        from hyft.config import ALIASES
-
-        base = merge(base, expand({ALIASES.get(key, key): value}))
-    config_from_dict(base, "config: ")  # the base alone must be valid
     variants = comp.get("variants") or {}
     if not isinstance(variants, dict):
         raise ConfigError("compare.variants: expected a mapping from name to config overrides")
@@ -382,65 +238,61 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class CellTrainer(Trainer):
-    """A Trainer that also writes curve.jsonl: every step's loss and every evaluation, each with the training
-    seconds so far (steps only: evaluation time excluded, CUDA synchronised around each step)."""
+class CurveRecorder(Callback):
+    """curve.jsonl of a cell: every step's loss and every evaluation, each with the training seconds so far (steps
+    only: evaluation time excluded, CUDA synchronised around each step)."""
 
-    def __init__(self, *args, dev_at_start: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, dev_at_start: bool = True):
         self.train_seconds = 0.0
         self.dev_at_start = dev_at_start
+        self._t = 0.0
 
-    def _curve(self, record: dict[str, Any]) -> None:
-        with open(self.out / "curve.jsonl", "a", encoding="utf-8") as f:
+    def _curve(self, tr: Trainer, record: dict[str, Any]) -> None:
+        with open(tr.out / "curve.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def prepare_output(self) -> None:
-        super().prepare_output()
-        if self.resumed_from is not None:
-            self._truncate_curve()
-            return
-        (self.out / "curve.jsonl").write_text("")
-        if self.dev_at_start and self.encoded["dev"]:
-            self.evaluate("dev")  # step 0 on dev only (eval_before would also score the whole test split)
+    def on_prepare_output(self, tr: Trainer) -> None:
+        if tr.resumed_from is not None:
+            self._truncate_curve(tr)
+        else:
+            (tr.out / "curve.jsonl").write_text("")
 
-    def _truncate_curve(self) -> None:
+    def on_train_begin(self, tr: Trainer) -> None:
+        if tr.resumed_from is None and self.dev_at_start and tr.encoded["dev"]:
+            tr.evaluate("dev")  # step 0 on dev only (eval_before would also score the whole test split)
+
+    def _truncate_curve(self, tr: Trainer) -> None:
         """Keep the curve up to the checkpoint, as the trainer does with metrics.jsonl: every loss up to its step,
         every evaluation before it, and the periodic one at it (run before the checkpoint was written); the final
         evaluations, a torn last line and whatever came after are dropped and written again by this run."""
         keep = []
-        for line in (
-            (self.out / "curve.jsonl").read_text(encoding="utf-8").splitlines()
-            if (self.out / "curve.jsonl").is_file()
-            else []
-        ):
+        path = tr.out / "curve.jsonl"
+        for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
             try:
                 r = json.loads(line)
                 step = int(r["step"])
             except (ValueError, KeyError, TypeError):
                 break  # cut by the kill: nothing after it was written
-            periodic = "split" not in r or step < self.cfg.train.steps
-            if step < self.step or (step == self.step and periodic):
+            periodic = "split" not in r or step < tr.cfg.train.steps
+            if step < tr.step or (step == tr.step and periodic):
                 keep.append(r)
         self.train_seconds = max((float(r["train_s"]) for r in keep), default=0.0)
-        write_atomic(self.out / "curve.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
-    def train_step(self):
-        _sync(self.device)
-        t = time.perf_counter()
-        result = super().train_step()
+    def on_step_begin(self, tr: Trainer) -> None:
+        _sync(tr.device)
+        self._t = time.perf_counter()
+
+    def on_update(self, tr: Trainer, result) -> None:
         loss = float(result.loss)
-        _sync(self.device)
-        self.train_seconds += time.perf_counter() - t
-        self._curve({"step": self.step, "loss": loss, "applied": result.applied, "train_s": self.train_seconds})
-        return result
+        _sync(tr.device)
+        self.train_seconds += time.perf_counter() - self._t
+        self._curve(tr, {"step": tr.step, "loss": loss, "applied": result.applied, "train_s": self.train_seconds})
 
-    def evaluate(self, split: str) -> dict[str, Any]:
-        report = super().evaluate(split)
+    def on_evaluate(self, tr: Trainer, report: dict[str, Any]) -> None:
         name, value = headline(report)
-        self._curve({"step": self.step, "split": split, "metric": name, "value": value, "n": report["n"],
-                     "train_s": self.train_seconds})  # fmt: skip
-        return report
+        self._curve(tr, {"step": tr.step, "split": report["split"], "metric": name, "value": value, "n": report["n"],
+                         "train_s": self.train_seconds})  # fmt: skip
 
 
 def run_cell_in_process(
@@ -464,7 +316,7 @@ def run_cell_in_process(
         torch.cuda.reset_peak_memory_stats()
     # a model from the checkpoint (not from a factory) still has cfg.model as its original: the ZO ablation reloads it
     reloadable = model_factory is None
-    tr = CellTrainer(cfg, model=model, tokenizer=tok, dev_at_start=dev_at_start, reloadable=reloadable)
+    tr = Trainer(cfg, model=model, tokenizer=tok, reloadable=reloadable, callbacks=[CurveRecorder(dev_at_start)])
     if resume_from is not None:
         tr.resume(resume_from)
     return tr.fit()

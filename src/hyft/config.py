@@ -342,7 +342,7 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], tuple[int, int]]:
 def origin_of(cfg: Config, key: str) -> str:
     """Where a dotted key was set, as an error prefix: 'FILE:LINE: key', '--key', or just 'key' (default value)."""
     where = getattr(cfg, "origin", {}).get(key)
-    if where is None:
+    if not where:  # a default, or set by a mapping given without a location
         return key
     return f"{where}{key}" if where.endswith(": ") else f"--{key}"
 
@@ -352,38 +352,44 @@ def explicitly_set(cfg: Config, key: str) -> bool:
     return key in getattr(cfg, "origin", {})
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from an optional YAML file, then `--key value` / `--key=value` overrides (dotted for sections)."""
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """A config file's top-level mapping and its error prefix for a key path, loc(path, value) -> 'FILE:LINE: '
+    (the key's line, or its value's with value=True). Every config file (hyft train, compare, sweep) is read here."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    lines = _yaml_lines(text)
+
+    def file_loc(full: tuple[str, ...], value: bool) -> str:
+        at = lines.get(full)
+        return f"{path}:{at[1] if value else at[0]}: " if at else f"{path}: "
+
+    return data, file_loc
+
+
+def from_dict(data: dict[str, Any], where: str = "", *, loc: Any = None, overrides: list[str] | None = None) -> Config:
+    """A Config from a nested mapping, validated exactly as a YAML file is: errors start with `where` (or, with
+    `loc` from read_yaml, with the key's FILE:LINE), then `--key value` overrides on top."""
     cfg = Config()
     origin: dict[str, str] = {}
-    cfg.origin = origin  # dotted key -> where it was set ('FILE:LINE: ' or '--'); read by validate.py
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = yaml.safe_load(text)
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
-            raise ConfigError(f"{path}{line}: invalid YAML ({problem})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-        lines = _yaml_lines(text)
-
-        def file_loc(full: tuple[str, ...], value: bool) -> str:
-            at = lines.get(full)
-            return f"{path}:{at[1] if value else at[0]}: " if at else f"{path}: "
-
-        _apply(cfg, data, file_loc, origin)
+    cfg.origin = origin  # dotted key -> where it was set ('FILE:LINE: ', 'WHERE: ' or '--'); read by validate.py
+    _apply(cfg, data, loc or (lambda full, value: where), origin)
     for key, value in parse_overrides(overrides or []):
         key = ALIASES.get(key, key)
         node: dict[str, Any] = {}
@@ -394,6 +400,73 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cur[parts[-1]] = value
         _apply(cfg, node, lambda full, value: "--", origin)
     return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from an optional YAML file, then `--key value` / `--key=value` overrides (dotted for sections)."""
+    data, loc = read_yaml(path) if path is not None else ({}, None)
+    return from_dict(data, loc=loc, overrides=overrides)
+
+
+# -- config mappings (the experiment runners build one config per cell or trial from a base and overrides) ----------
+OPAQUE = ("options", "dataset")  # mapping-valued fields: replaced whole by expand/merge, their keys are not config keys
+
+
+def expand(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys ({"fo.lr": 1e-3}) to nested mappings; nested mappings are expanded recursively."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"{key}: {p} is not a section")
+        cur[parts[-1]] = expand(value) if isinstance(value, dict) and parts[-1] not in OPAQUE else value
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in OPAQUE:
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML would read it, with 1e-6-style floats read as floats (YAML 1.1 needs a dot)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_base(path: str | Path | None, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(base, compare section) of an experiment config: the file's mapping (dotted keys expanded) with the
+    overrides merged in, validated as hyft train would validate it (errors name FILE:LINE or --key), and its
+    `compare:` section apart. hyft compare and hyft sweep build every cell and trial from this base."""
+    data, loc = read_yaml(path) if path is not None else ({}, None)
+    data = dict(data)
+    section = data.pop("compare", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{loc(('compare',), True) if loc else ''}compare: expected a mapping")
+    base = expand(data)
+    from_dict(base, loc=loc, overrides=overrides)  # the base alone must be valid
+    for key, value in parse_overrides(overrides or []):
+        base = merge(base, expand({ALIASES.get(key, key): value}))
+    return base, section
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:

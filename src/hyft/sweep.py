@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
-from hyft.compare import config_from_dict, csv_text, expand, merge, parse_value, remove_temporaries, write_atomic
-from hyft.config import ALIASES, Config, parse_overrides
+from hyft.callbacks import Callback
+from hyft.compare import csv_text, remove_temporaries, write_atomic
+from hyft.config import ALIASES, Config, expand, load_base, merge, parse_value
+from hyft.config import from_dict as config_from_dict
 from hyft.errors import ConfigError, HyftError
 from hyft.methods import resolve
 from hyft.trainer import Trainer
@@ -37,11 +39,11 @@ class Diverged(Exception):
         self.step, self.loss, self.bound = step, loss, bound
 
 
-class SweepTrainer(Trainer):
-    """Stops (raises Diverged) after the first step whose loss is not finite or exceeds the bound."""
+class DivergenceStop(Callback):
+    """Stops a trial (raises Diverged) after the first step whose loss is not finite or exceeds the bound: the given
+    max_loss, else diverge_factor times the first step's loss. Keeps every step's loss for the trial's row."""
 
-    def __init__(self, *args, max_loss: float | None = None, diverge_factor: float = 4.0, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, max_loss: float | None = None, diverge_factor: float = 4.0):
         self.max_loss, self.diverge_factor = max_loss, diverge_factor
         self.losses: list[float] = []
 
@@ -51,13 +53,12 @@ class SweepTrainer(Trainer):
         first = self.losses[0] if self.losses else math.nan
         return self.diverge_factor * first if math.isfinite(first) else math.inf
 
-    def after_step(self, result) -> None:
-        super().after_step(result)
+    def on_step_end(self, tr: Trainer, result) -> None:
         loss = float(result.loss)
         self.losses.append(loss)
         bound = self.bound()
         if not math.isfinite(loss) or loss > bound:
-            raise Diverged(self.step, loss, bound)
+            raise Diverged(tr.step, loss, bound)
 
 
 @dataclass
@@ -134,19 +135,9 @@ def trial_params(grid: dict[str, list[Any]], random_n: int | None = None, seed: 
 
 
 def base_dict(config: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data.pop("compare", None)  # a compare config works as a sweep base too
-    base = expand(data)
-    for key, value in parse_overrides(overrides or []):
-        base = merge(base, expand({ALIASES.get(key, key): value}))
-    return base
+    """The sweep's base config mapping (a compare config works as a sweep base too: its compare: section is
+    ignored), validated; errors name FILE:LINE and the key."""
+    return load_base(config, overrides)[0]
 
 
 def run_sweep(
@@ -200,11 +191,11 @@ def run_sweep(
         try:
             if model_factory is not None:
                 model, tok = model_factory(cfg)
-            tr = SweepTrainer(cfg, model=model, tokenizer=tok, max_loss=max_loss, diverge_factor=diverge_factor)
-            info = tr.fit()
+            stop = DivergenceStop(max_loss, diverge_factor)
+            info = Trainer(cfg, model=model, tokenizer=tok, callbacks=[stop]).fit()
             trial.status, trial.steps = "ok", info["steps"]
             trial.final_dev = info["final"].get("dev")
-            tail = tr.losses[-max(1, len(tr.losses) // 10) :]
+            tail = stop.losses[-max(1, len(stop.losses) // 10) :]
             trial.final_loss = sum(tail) / len(tail)
         except Diverged as e:
             trial.status, trial.steps, trial.final_loss, trial.message = "diverged", e.step, e.loss, str(e)

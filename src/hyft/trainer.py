@@ -1,13 +1,14 @@
-"""The training loop shared by every method: random reshuffling, the hybrid step, evaluation, logs."""
+"""The training loop shared by every method: random reshuffling, the hybrid step, evaluation, checkpoints.
+
+The Trainer wires a run together (model, PEFT module, partition, optimizer, data, probe) and runs the loop; what
+reacts to the loop (metrics.jsonl, TensorBoard, run.json, compare's curve, sweep's divergence stop) is a Callback
+(callbacks.py) passed in `callbacks=`, not a subclass."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import resource
-import shutil
 import signal
 import sys
 import time
@@ -21,7 +22,8 @@ from hyft import checkpoint as ckpt
 from hyft import dist as hdist
 from hyft import lock as hlock
 from hyft import scoring
-from hyft.config import Config, save_config
+from hyft.callbacks import Callback, MetricsFile, RunFiles, RunReport, TensorBoard
+from hyft.config import Config
 from hyft.errors import ConfigError, StorageError
 from hyft.evaluate import EvalOptions, evaluate_examples, headline, log_fields, summary
 from hyft.guard import (
@@ -151,10 +153,19 @@ def build_scheduler(cfg: Config, opt: HybridOptimizer) -> torch.optim.lr_schedul
 class Trainer:
     """Owns one run: model, optimizer, data order, output directory."""
 
-    def __init__(self, cfg: Config, *, model=None, tokenizer=None, data=None, reloadable: bool | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        model=None,
+        tokenizer=None,
+        data=None,
+        reloadable: bool | None = None,
+        callbacks: list[Callback] = (),
+    ):
         """model/tokenizer: an already loaded model (else cfg.model is loaded). reloadable: whether cfg.model loads
         the original of the model passed in (default: only when the Trainer loads it itself); the end-of-run ZO
-        ablation reloads it from there."""
+        ablation reloads it from there. callbacks: hooks into the loop (callbacks.py), after the run's own sinks."""
         self.cfg = cfg
         self.method = resolve(cfg)
         self.out = Path(cfg.train.output_dir)
@@ -197,10 +208,21 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.phase = "setup"  # what runs now, for out-of-memory messages
         self._signals: list[int] = []
-        self._tb = None
+        sinks = [
+            RunFiles(),
+            MetricsFile(),
+            *([TensorBoard()] if "tensorboard" in cfg.train.report_to else []),
+            RunReport(),
+        ]
+        self.callbacks: list[Callback] = [*sinks, *callbacks]
         self.probe = self.make_probe() if cfg.train.probe_every else None
         self.ablation: dict[str, Any] | None = None
         self._locks = 0  # holds of the output directory's lock (hyft/lock.py) taken by this trainer
+
+    def fire(self, hook: str, *args) -> None:
+        """Call `hook` (a Callback method name) on every callback, in order."""
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
 
     # -- pieces -------------------------------------------------------------------------------------------------------
     def make_probe(self) -> Probe:
@@ -262,16 +284,12 @@ class Trainer:
         if self.guard.stop:
             last = ckpt.list_checkpoints(self.out)
             kept = f"last good checkpoint kept: {last[-1]}" if last else "no checkpoint was written before"
-            if self._tb is not None:
-                self._tb.close()
             raise TrainingDiverged(f"stopped at {self.guard.stop}; nothing was updated from the bad state; {kept}")
         t = self.cfg.train
         if self._signals or (t.save_every and self.step % t.save_every == 0 and self.step < t.steps):
             self.save_checkpoint()
         if self._signals:
             name = signal.Signals(self._signals[0]).name
-            if self._tb is not None:
-                self._tb.close()
             last = self.last_checkpoint
             then = (
                 f"wrote checkpoint {last}; resume with: hyft train --resume {self.out}"
@@ -303,8 +321,10 @@ class Trainer:
         return result
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        """Hook: an evaluation on the run's curve (compare and sweep record it). See score_split."""
-        return self.score_split(split)
+        """An evaluation on the run's curve (callbacks see it in on_evaluate). See score_split."""
+        report = self.score_split(split)
+        self.fire("on_evaluate", report)
+        return report
 
     def score_split(self, split: str) -> dict[str, Any]:
         """Accuracy by candidate scoring (calibrated with data.calibrate); generation tasks: exact match and F1."""
@@ -362,6 +382,7 @@ class Trainer:
         if self.cfg.train.keep_checkpoints <= 0 or not self.is_main:  # DDP ranks hold identical weights
             return None
         self.last_checkpoint = ckpt.save_run(self)
+        self.fire("on_save", self.last_checkpoint)
         return self.last_checkpoint
 
     def resume(self, path: str | Path) -> Path:
@@ -395,58 +416,16 @@ class Trainer:
     def _prepare_output(self) -> None:
         self.lock()
         try:
-            self._prepare_files()
+            self.fire("on_prepare_output")  # RunFiles first (the directory, config.yaml), then metrics.jsonl, ...
         except StorageError:
             raise
         except OSError as e:
             raise ckpt.storage_error(e, self.out, "the run's files") from None
 
-    def _prepare_files(self) -> None:
-        if self.resumed_from is not None:  # continue the run's files: drop what was logged after the checkpoint
-            self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale(self.out)
-            ckpt.set_aside_damaged(self.out, self.step)  # resumed from an older one because the latest is damaged
-            metrics = self.out / "metrics.jsonl"
-            rows = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
-            keep = [r for r in rows if _row_step(r) <= self.step]
-            ckpt.write_text_atomically(metrics, "".join(r + "\n" for r in keep))
-        else:
-            if holds_run(self.out) and not self.cfg.train.overwrite:
-                raise ConfigError(
-                    f"train.output_dir: {self.out} already holds a run; pass --train.overwrite true, "
-                    f"resume it with hyft train --resume {self.out}, or choose another directory"
-                )
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in (ckpt.SUBDIR, "tensorboard"):  # another run's checkpoints must never be resumed from
-                shutil.rmtree(self.out / stale, ignore_errors=True)
-            (self.out / "metrics.jsonl").write_text("")
-        tmp = self.out / f".config.yaml.tmp-{os.getpid()}"  # replaced at once: a full disk leaves the old one
-        save_config(self.cfg, tmp)
-        os.replace(tmp, self.out / "config.yaml")
-        if "tensorboard" in self.cfg.train.report_to:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None)
-
     def log(self, record: dict[str, Any]) -> None:
-        if not self.is_main:
-            return
-        try:  # a line cut by a full disk is dropped at resume (_row_step); the lines before it are untouched
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            last = self.last_checkpoint
-            then = f"; the latest checkpoint is {last} (resume: hyft train --resume {self.out})" if last else ""
-            what = f"the metrics of step {record['step']}"
-            raise ckpt.storage_error(e, self.out / "metrics.jsonl", what, then) from None
-        if self._tb is not None:
-            if record.get("skipped"):  # a skipped step's loss is not a training curve point
-                self._tb.add_scalar("guard/skipped_steps", self.guard.skipped, record["step"])
-            else:
-                for key, value in record.items():
-                    if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                        self._tb.add_scalar(_tb_tag(key), value, record["step"])
-            self._tb.flush()  # a killed run keeps what it logged (log lines are few)
+        """One metrics record, to every sink (metrics.jsonl, TensorBoard, ...): main rank only."""
+        if self.is_main:
+            self.fire("on_log", record)
 
     def run_info(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -540,13 +519,15 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            if self._tb is not None:
-                self._tb.close()
-            self.unlock()
+            try:
+                self.fire("on_close")
+            finally:
+                self.unlock()
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.prepare_output()
+        self.fire("on_train_begin")
         evals = self.evals
         if cfg.train.eval_before and self.step == 0:
             for split in ("dev", "test"):
@@ -566,7 +547,9 @@ class Trainer:
         t0 = time.perf_counter() - self.elapsed
         with deferred_signals(lambda: f"step {self.step + 1}") as self._signals:
             while self.step < cfg.train.steps:
+                self.fire("on_step_begin")
                 result = self.train_step()
+                self.fire("on_update", result)
                 if result.applied:
                     window["loss"].append(result.loss)
                     if result.zo_grads is not None:
@@ -584,6 +567,7 @@ class Trainer:
                 bar.update(1)
                 self.elapsed = time.perf_counter() - t0
                 self.after_step(result)
+                self.fire("on_step_end", result)
             if self.last_checkpoint is None or ckpt.checkpoint_dir(self.out, self.step) != self.last_checkpoint:
                 self.save_checkpoint()
         bar.close()
@@ -594,23 +578,8 @@ class Trainer:
                 if self.is_main:
                     print(f"[hyft] step {self.step} {split} {summary(evals[-1])}")
         self.ablation = self.ablate_zo(evals)
-        if self.ablation and "skipped" not in self.ablation and self._tb is not None:
-            # an end-of-run figure like the final accuracies: run.json and TensorBoard, not metrics.jsonl
-            for split, r in self.ablation.items():
-                self._tb.add_scalar(f"ablation/{split}_zo_points", r["zo_points"], self.step)
         info = self.run_info(evals)
-        if self.is_main:
-            ckpt.write_text_atomically(self.out / "eval.json", json.dumps(evals, indent=1))
-            ckpt.write_text_atomically(self.out / "run.json", json.dumps(info, indent=1))
-            if info["checkpoint"]:
-                c = info["checkpoint"]
-                print(
-                    f"[hyft] checkpoint {c['path']}: base {_size(c['base_safetensors_bytes'])} safetensors; seed "
-                    f"ledger {_size(c['ledger_bytes'])} ({c['ledger_updates']} ZO updates, replays the ZO tensors "
-                    "from the original: hyft replay)"
-                )
-        if self._tb is not None:
-            self._tb.close()
+        self.fire("on_train_end", info)  # eval.json and run.json (RunReport), TensorBoard's ablation points, ...
         return info
 
     def metrics_record(self, losses: list[torch.Tensor], grads: list[torch.Tensor], elapsed: float) -> dict[str, Any]:
@@ -627,43 +596,6 @@ class Trainer:
         rec["forwards"], rec["backwards"] = self.counts[0], self.counts[1]
         rec["elapsed_s"] = round(elapsed, 3)  # the only field that differs between identical runs
         return rec
-
-
-def holds_run(out: Path) -> bool:
-    """Whether a directory holds (part of) a hyft run: its config, metrics, results or checkpoints."""
-    return any((out / f).exists() for f in ("run.json", "config.yaml", "metrics.jsonl", ckpt.SUBDIR))
-
-
-def _row_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 1 << 62  # unreadable (e.g. cut by a kill mid-write): dropped
-
-
-_TB = {"loss": "train/loss", "epoch": "train/epoch", "forwards": "train/forwards", "backwards": "train/backwards"}
-
-
-def _tb_tag(key: str) -> str:
-    if key in _TB:
-        return _TB[key]
-    for prefix, section in (
-        ("zo_", "zo/"),
-        ("lr_", "lr/"),
-        ("eval_", "eval/"),
-        ("probe_", "probe/"),
-    ):
-        if key.startswith(prefix):
-            return section + key[len(prefix) :]
-    return f"train/{key}"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _progress(total: int, enabled: bool):

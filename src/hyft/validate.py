@@ -181,7 +181,7 @@ def check_model_source(cfg: Config) -> None:
 
 
 def check_output_dir(cfg: Config, *, resume: bool) -> None:
-    from hyft.trainer import holds_run
+    from hyft.callbacks import holds_run
 
     out = Path(cfg.train.output_dir)
     if out.exists() and not out.is_dir():
