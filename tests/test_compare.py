@@ -425,8 +425,7 @@ def test_run_study_launcher_reruns_until_done(tmp_path):
 
 
 def test_cpu_study_and_landscape_configs_are_valid():
-    from hyft.config import expand, merge
-    from hyft.config import from_dict as config_from_dict
+    from hyft.config import expand, from_dict, merge
     from hyft.methods import resolve
     from hyft.sweep import base_dict, check_heatmap_keys, parse_grid, trial_params
 
@@ -453,7 +452,7 @@ def test_cpu_study_and_landscape_configs_are_valid():
     points = trial_params(grid)
     assert len(points) == 15
     for p in points:
-        cfg = config_from_dict(merge(base, expand(p)))
+        cfg = from_dict(merge(base, expand(p)))
         m = resolve(cfg)
         assert (m.base, m.peft, cfg.fo.optimizer, cfg.train.steps) == ("zo", "lora", "adamw", 200)
         assert (cfg.zo.lr, cfg.fo.lr) == (p["zo.lr"], p["fo.lr"])

@@ -37,8 +37,7 @@ import yaml
 
 from hyft import checkpoint as ckpt
 from hyft.callbacks import Callback
-from hyft.config import Config, load_base, load_config, merge
-from hyft.config import from_dict as config_from_dict
+from hyft.config import Config, from_dict, load_base, load_config, merge
 from hyft.errors import ConfigError
 from hyft.evaluate import headline
 from hyft.methods import resolve
@@ -97,7 +96,7 @@ class Cell:
         try:
             if yaml.safe_load((self.dir / "cell.yaml").read_text(encoding="utf-8")) != _roundtrip(self.config):
                 return None
-            want = config_from_dict(self.config).to_dict()
+            want = from_dict(self.config).to_dict()
         except (OSError, yaml.YAMLError, ConfigError):
             return None
         for c in reversed(ckpt.list_checkpoints(self.dir)):
@@ -219,7 +218,7 @@ def load_spec(
             "or pass --target METHOD, --target ACCURACY or --target none"
         )
     for cell in spec.cells():  # fail before any training if a cell's config is invalid
-        cfg = config_from_dict(cell.config, f"{cell.key}: ")
+        cfg = from_dict(cell.config, f"{cell.key}: ")
         resolve(cfg)
     return spec
 

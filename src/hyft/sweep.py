@@ -26,8 +26,7 @@ import yaml
 
 from hyft.callbacks import Callback
 from hyft.compare import csv_text, remove_temporaries, write_atomic
-from hyft.config import ALIASES, Config, expand, load_base, merge, parse_value
-from hyft.config import from_dict as config_from_dict
+from hyft.config import ALIASES, Config, expand, from_dict, load_base, merge, parse_value
 from hyft.errors import ConfigError, HyftError
 from hyft.methods import resolve
 from hyft.trainer import Trainer
@@ -170,7 +169,7 @@ def run_sweep(
         d = merge(base, expand(params))
         d = merge(d, {"train": {"steps": steps or full_steps, "output_dir": str(out / "trials" / f"{i:03d}"),
                                 "overwrite": True, "progress": False, "eval_before": False}})  # fmt: skip
-        cfg = config_from_dict(d, f"trial {i} {params}: ")
+        cfg = from_dict(d, f"trial {i} {params}: ")
         resolve(cfg)
         if cfg.data.n_dev == 0:
             raise ConfigError("data.n_dev: the sweep picks by dev accuracy; give it dev examples (n_dev > 0)")
@@ -219,7 +218,7 @@ def run_sweep(
         raise HyftError(f"sweep: no trial finished without diverging ({len(trials)} tried); lower the learning rates")
     best = max(ok, key=lambda t: (t.final_dev, -(t.final_loss if t.final_loss is not None else math.inf), -t.index))
     best_cfg = merge(base, expand(best.params))
-    config_from_dict(best_cfg, "best.yaml: ")
+    from_dict(best_cfg, "best.yaml: ")
     write_atomic(
         out / "best.yaml",
         f"# hyft sweep: best of {len(trials)} trials by dev accuracy ({best.final_dev:.4f} after {best.steps} steps)\n"

@@ -337,7 +337,7 @@ class Trainer:
             raise out_of_memory("eval", self.step, self.device, e) from None
         return {"task": self.data.name, "split": split, "step": self.step, **report}
 
-    # -- checkpoints (format: checkpoint.py, docs/checkpoints.md) -----------------------------------------------------
+    # -- checkpoints (format: checkpoint/, docs/checkpoints.md) --------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything but the model tensors that a bit-exact resume needs."""
         opt = self.opt.state_dict()
