@@ -5,7 +5,7 @@ import torch
 
 from conftest import byte_tokenizer, tiny_model
 from hyft.config import load_config
-from hyft.trainer import DataOrder, Trainer
+from hyft.trainer import Trainer
 
 DATA = "tests/fixtures/data"
 
@@ -116,17 +116,6 @@ def test_outputs_written(tmp_path):
     m = _metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3]
     assert {"loss", "zo_projected_grad", "lr_fo", "lr_zo", "epoch"} <= set(m[0])
-
-
-def test_random_reshuffling_visits_every_example_once_per_epoch():
-    order = DataOrder(10, seed=3)
-    seen = [order.next(4) for _ in range(5)]  # 20 draws = 2 epochs
-    flat = [i for s in seen for i in s]
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
-    assert flat[:10] != flat[10:]
-    again = DataOrder(10, seed=3)
-    again.load_state_dict({"epoch": 1, "position": 2})
-    assert again.next(8) == flat[12:20]
 
 
 def test_refuses_to_overwrite_another_run(tmp_path):

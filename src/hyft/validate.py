@@ -197,7 +197,7 @@ def check_output_dir(cfg: Config, *, resume: bool) -> None:
 
 def validate(cfg: Config, *, resume: bool = False):
     """Everything that can be checked before loading the model; returns the task data (loaded once, here)."""
-    from hyft.trainer import load_data
+    from hyft.data import load_data
 
     check_config(cfg, saved=resume)
     check_model_source(cfg)

@@ -173,10 +173,10 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
     """One task: a report per seed (its own seeded sample of the split) and mean ± std per metric."""
     from dataclasses import replace
 
+    from hyft.data import load_data
     from hyft.evaluate import EvalOptions, evaluate_examples
     from hyft.models import output_head
     from hyft.report import mean_std
-    from hyft.trainer import load_data
 
     head = output_head(model)
     opts = EvalOptions.from_config(cfg)
