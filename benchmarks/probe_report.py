@@ -29,11 +29,15 @@ def load(run: Path) -> dict[str, Any]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     cfg = json.loads(json.dumps(info.get("config", {}))) or _config(run)
+    dev = [(r["step"], r["eval_dev_accuracy"]) for r in rows if "eval_dev_accuracy" in r]
+    final_dev = (info.get("final") or {}).get("dev")
+    if final_dev is not None and (not dev or dev[-1][0] < info.get("steps", 0)):
+        dev.append((info["steps"], final_dev))  # the end-of-run eval is in run.json, not in metrics.jsonl
     return {
         "name": run.name,
         "zo_lr": cfg.get("zo", {}).get("lr"),
         "probes": [r for r in rows if "probe_applied" in r],
-        "dev": [(r["step"], r["eval_dev_accuracy"]) for r in rows if "eval_dev_accuracy" in r],
+        "dev": dev,
         "info": info,
     }
 
@@ -60,13 +64,13 @@ def table(runs: list[dict[str, Any]]) -> str:
     head = ["run", "zo.lr", "probes (last step)", "estimate / exact (onesided, median)", "central / exact",
             "median rel. error onesided / central", "median abs cos(update, ∇ₓf)", "cum Δf ZO", "cum Δf FO",
             "ZO share", "drift ‖Δx‖/‖x₀‖", "zᵀHz (median)", "zo.lr × zᵀHz", "dev acc (last)",
-            "test acc", "ablation (test, points)"]  # fmt: skip
+            "test acc", "ablation dev / test (points)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         p = r["probes"]
         last = p[-1] if p else {}
         info = r["info"]
-        abl = (info.get("ablation") or {}).get("test", {})
+        abl = info.get("ablation") or {}
         test = (info.get("final") or {}).get("test")
         cells = [
             r["name"], _f(r["zo_lr"], "{:g}"), f"{len(p)} ({last.get('step', '—')})",
@@ -78,7 +82,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             _f(last.get("probe_drift")), _f(_median(x.get("probe_zHz") for x in p)),
             _f(_median(x.get("probe_zo_lr_over_scale") for x in p)),
             _f(r["dev"][-1][1] if r["dev"] else None, "{:.3f}"), _f(test, "{:.3f}"),
-            _f(abl.get("zo_points"), "{:+.2f}"),
+            " / ".join(_f((abl.get(split) or {}).get("zo_points"), "{:+.2f}") for split in ("dev", "test")),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
