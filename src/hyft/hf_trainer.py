@@ -43,6 +43,7 @@ from hyft.models import adapter_parameters, output_head
 from hyft.optim import HybridOptimizer
 from hyft.partition import partition
 from hyft.replay import LEDGER, ledger_document, write_ledger
+from hyft.zo.estimator import projected_grads
 from hyft.zo.rng import DATA, mix
 
 BASE_DIR = "base"
@@ -186,18 +187,13 @@ class HybridTrainer(Trainer):
                 with self.compute_loss_context_manager(), self._same_masks(seed):
                     return super(HybridTrainer, self).compute_loss(model, dict(inputs), False, num_items_in_batch)
 
-            grads = []
-            with torch.no_grad():
-                for j in range(opt.queries):
-                    with opt.perturb(j, +1.0):
-                        plus = f().float()
-                    if self.args.zo_schedule == "onesided":
-                        grads.append((plus - f0) / opt.mu)
-                    else:
-                        with opt.perturb(j, -1.0):
-                            grads.append((plus - f().float()) / (2 * opt.mu))
+            onesided = self.args.zo_schedule == "onesided"
+            grads, _ = projected_grads(
+                lambda: f().float(), opt.perturbed, estimator=self.args.zo_schedule, queries=opt.queries, mu=opt.mu,
+                baseline=f0 if onesided else None,
+            )  # fmt: skip
             # this micro-batch's share of the step's estimate, in units the optimizer averages over k micro-batches
-            opt.accumulate_zo(torch.stack(grads) * (scale * k))
+            opt.accumulate_zo(grads * (scale * k))
         return loss
 
     # -- logging ------------------------------------------------------------------------------------------------------

@@ -32,13 +32,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from hyft.zo.perturb import ZOTensor
+from hyft.zo.tensors import ZOTensor
 
 BLOCK = 2048  # elements per program: a [256, 8] tile
 NUM_WARPS = 4
