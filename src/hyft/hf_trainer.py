@@ -22,7 +22,8 @@ estimate of k micro-batches of b equals the one of a single batch of k*b, as the
 (tests/test_hf_trainer.py).
 
 Dropout: all forwards of a micro-batch (FO and perturbed) draw the same masks (the RNG is re-seeded from
-(seed, ZO step, micro-batch) inside fork_rng), so the compared losses are the same function.
+(seed, optimizer step, micro-batch) inside fork_rng), so the compared losses are the same function. The optimizer step
+(HybridOptimizer.steps) advances with every method, and it is restored on resume with the optimizer state.
 
 One process only (no DDP/FSDP/DeepSpeed): the ZO losses would need an all-reduce, which this integration does not do.
 """
@@ -103,7 +104,7 @@ class HybridTrainer(Trainer):
         self._capture = False
         self._zo_inputs: dict[str, Any] | None = None
         self._zo_f0: torch.Tensor | None = None
-        self._micro = (-1, 0)  # (ZO step, micro-batches seen in it)
+        self._micro = (-1, 0)  # (optimizer step, micro-batches seen in it)
         self._logged: int | None = None  # ledger entries already summarised in logs (set at the first step)
 
     # -- optimizer ----------------------------------------------------------------------------------------------------
@@ -164,8 +165,8 @@ class HybridTrainer(Trainer):
         if self._logged is None:  # a resumed run's ledger already holds the steps before the checkpoint
             self._logged = len(opt.ledger)
         step, seen = self._micro
-        self._micro = (opt.zo_step, seen + 1 if step == opt.zo_step else 0)
-        seed = mix(DATA, opt.seed, opt.zo_step, self._micro[1], 11)
+        self._micro = (opt.steps, seen + 1 if step == opt.steps else 0)
+        seed = mix(DATA, opt.seed, opt.steps, self._micro[1], 11)
         k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
         scale = 1.0 if self._loss_is_scaled_for_ga(num_items_in_batch) else 1.0 / k
         self._capture = True

@@ -137,6 +137,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.mu, self.queries, self.distribution = mu, queries, distribution
         self.rounding, self.fp32_master, self.seed = rounding, fp32_master, seed
         self.zo_step = 0  # counts applied ZO updates: the step key of every direction
+        self.steps = 0  # counts applied optimizer steps of any group: the key of per-step randomness (dropout)
         self.model, self.kernels, self.scratch = model, kernels, scratch
         self._backend: Backend | None = None
         self._grads: torch.Tensor | None = None
@@ -231,6 +232,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                 raise RuntimeError("ZO step without a projected gradient: call accumulate_zo first")
             self._apply_zo(self._grads / (self._micro * self.queries))
             self._grads, self._micro = None, 0
+        if "zo" in groups or not self.zo_tensors:  # alternating steps FO then ZO: one step
+            self.steps += 1
 
     def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
         group = self.zo_group
@@ -251,6 +254,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             "fo": self.fo.state_dict() if self.fo is not None else None,
             "zo": zo,
             "zo_step": self.zo_step,
+            "steps": self.steps,
             "ledger": [(s, lr, wd, c.tolist()) for s, lr, wd, c in self.ledger],
         }
 
@@ -269,4 +273,5 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if torch.is_tensor(value) and value.is_floating_point() and key != "step":
                     self.state[p][key] = value.to(device=p.device, dtype=value.dtype, copy=True)
         self.zo_step = int(state_dict["zo_step"])
+        self.steps = int(state_dict.get("steps", self.zo_step))  # before the field: the only step key there was
         self.ledger = [(s, lr, wd, torch.tensor(c)) for s, lr, wd, c in state_dict.get("ledger", [])]

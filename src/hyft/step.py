@@ -10,8 +10,10 @@ With only a ZO group (mezo, zo-lora): onesided needs its own baseline forward, (
 With only an FO group (ft, lora, ...): 1 F + 1 B.
 
 Dropout: the forwards whose losses are compared must compute the same function. With dropout="off" the model runs in
-eval mode throughout; with dropout="shared" every forward of the step draws the same masks (the RNG is re-seeded from
-the step's seed before each forward, inside fork_rng so the global stream is untouched).
+eval mode throughout; with dropout="shared" every forward of one micro-batch in a step draws the same masks (the RNG is
+re-seeded from (seed, optimizer step, micro-batch) before each forward, inside fork_rng so the global stream is
+untouched). The key is the optimizer's step count, not its ZO step: FO-only methods have no ZO step, and they too must
+draw new masks every step.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def hybrid_step(
             return loss_fn(batch)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(mix(DATA, opt.seed, opt.zo_step, 7))
+            torch.manual_seed(mix(DATA, opt.seed, opt.steps, i, 7))
             return loss_fn(batch)
 
     def fo_pass() -> list[torch.Tensor]:
