@@ -44,7 +44,7 @@ def buffers(state: MutableMapping, t: ZOTensor, rule: Rule, local: torch.Tensor 
     """The optimizer state of ZO tensor t, its fp32 master and momentum buffer created (from `local`, the tensor
     this process updates: the whole weight, or its FSDP2 shard) on first use."""
     local = t.param.detach() if local is None else local
-    s = state[t.param]
+    s = state.setdefault(t.param, {})
     if rule.fp32_master and "master" not in s:
         s["master"] = local.float().clone()
     if rule.momentum and "momentum_buffer" not in s:
