@@ -1,6 +1,6 @@
 """The "blocked" direction generator: the CPU fast path of the ZO perturbation and update, in plain torch ops.
 
-The reference generator (`hyft.zo.perturb`, "torch") draws z of a tensor from one torch.Generator: one serial
+The reference generator (`hyft.zo.direction`, "torch") draws z of a tensor from one torch.Generator: one serial
 Mersenne-Twister stream over the whole tensor, several full-size passes per use, no parallelism. On a 2-core CPU that
 costs ~4x a copy of the weights per pass. Here z is cut into blocks of BLOCK elements and block b of tensor t in query j
 of step k is drawn from its own generator, seeded mix(DIRECTION, run_seed, k, j, t, b):
@@ -14,10 +14,10 @@ intermediates stay in cache; the numbers depend only on the keys, never on the n
 blocks run in (every op here is element-wise, so a block gives the same values as the whole tensor would). The same
 blocks give the 16-bit stochastic-rounding noise, keyed mix(ROUNDING, rounding_seed, t, b).
 
-The formulas are the reference's, op for op (perturbed value z*s + w rounded once; update through d = sum_j c_j z_j), so
-`perturb.apply_update` on a Direction with kernel="blocked" (which lands here) is the very same computation that
-training does, and replay is bit-exact by construction. BLOCK is part of the generator's definition: changing it
-changes every direction.
+The formulas are the reference's, op for op (perturbed value z*s + w rounded once; d = sum_j c_j z_j, then
+`hyft.zo.update.descend` on each block), so `perturb.apply_update` on a Direction with kernel="blocked" (which lands
+here) is the very same computation that training does, and replay is bit-exact by construction. BLOCK is part of
+the generator's definition: changing it changes every direction.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fused ZO perturbation and update: Triton kernels on CUDA, with a pure-torch emulation of the same math.
 
-The torch path (`hyft.zo.perturb`) regenerates each direction with torch.randn per tensor and works tensor by tensor:
+The torch path (`hyft.zo.reference`) regenerates each direction with torch.randn per tensor and works tensor by tensor:
 several passes over every weight and one kernel launch per tensor and operation. The fused path here does each pass in
 one read and one write of every weight, for many tensors per launch:
 
