@@ -1,5 +1,6 @@
-"""The paper's rule (arXiv 2604.09940, Eq. 3-4), checked from first principles on a tiny LoRA model for every
-backend that runs on CPU: one onesided hybrid step from (x, y) gives
+"""The paper's rule (arXiv 2604.09940: one-sided SPSA for the base, backprop for the PEFT module, one simultaneous
+update), checked from first principles on a tiny LoRA model for every backend that runs on CPU: one onesided hybrid
+step from (x, y) gives
 
     x' = x - lr_x * (1/q) sum_j g_j z_j,   g_j = (f(x + mu z_j, y) - f(x, y)) / mu
     y' = y - lr_y * grad_y f(x, y)

@@ -1,4 +1,4 @@
-"""THE reference ZO update (arXiv 2604.09940, Eq. 4, with the usual SGD extras), in plain torch:
+"""THE reference ZO update (arXiv 2604.09940: x <- x - lr_x * g * z, with the usual SGD extras), in plain torch:
 
     d  = sum_j c_j z_j                  c_j = g_j / q (the estimator's projected gradients), z_j regenerated
     d <- m = momentum * m + d           only with momentum (one fp32 buffer per tensor)
