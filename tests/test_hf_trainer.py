@@ -40,11 +40,12 @@ def collate(items):
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def lora_model():
+def lora_model(dropout=0.0):
     import peft
 
     torch.manual_seed(0)
-    return peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=4, task_type="CAUSAL_LM"))
+    config = peft.LoraConfig(r=4, task_type="CAUSAL_LM", lora_dropout=dropout)
+    return peft.get_peft_model(tiny_model("llama"), config)
 
 
 def trainer(out, *, bs, ga, steps=4, model=None, batch_mean=False, **kw):
@@ -120,6 +121,20 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     logs = lambda t: [{k: h[k] for k in keys} for h in t.state.log_history if "loss" in h]  # noqa: E731
     assert logs(fresh) == logs(ref) and len(logs(ref)) == 4
     assert [s for s, *_ in fresh.hybrid_optimizer.ledger] == [0, 1, 2, 3]
+
+
+def test_dropout_masks_are_keyed_by_the_optimizer_step_for_plain_lora(tmp_path):
+    """A frozen base (plain LoRA: no ZO step ever) with LoRA dropout: each step and micro-batch draws its own masks,
+    keyed by the optimizer's step count, so a resumed run draws the masks the uninterrupted one drew."""
+    kw = dict(bs=2, ga=2, steps=4, save_strategy="steps", save_steps=2, zo_base="frozen")
+    ref = trainer(tmp_path / "ref", model=lora_model(dropout=0.3), **kw)
+    ref.train()
+    shutil.copytree(tmp_path / "ref" / "checkpoint-2", tmp_path / "run" / "checkpoint-2")
+    fresh = trainer(tmp_path / "run", model=lora_model(dropout=0.3), **kw)
+    fresh.train(resume_from_checkpoint=True)
+    assert fresh.hybrid_optimizer.steps == 4 and not fresh.hybrid_optimizer.zo_tensors
+    for (n, p), q in zip(params(ref).items(), params(fresh).values()):
+        assert torch.equal(p, q), n
 
 
 def test_resume_without_base_is_refused(tmp_path):

@@ -70,7 +70,7 @@ def test_estimates_converge_to_the_exact_derivative_at_their_orders(distribution
     for est in errs:
         for mu in mus:
             opt.mu = mu
-            g, _ = projected_grads(loss, opt.perturb, estimator=est, queries=1, mu=mu)
+            g, _ = projected_grads(loss, opt.perturbed, estimator=est, queries=1, mu=mu)
             errs[est].append(float(g[0]) - exact)
     # the order is the slope of log|error| against log mu over the range (8x in mu)
     order = {k: math.log(abs(e[0] / e[-1])) / math.log(mus[0] / mus[-1]) for k, e in errs.items()}

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import tiny_model
@@ -75,3 +76,63 @@ def test_step_counts_table():
     assert step_counts("onesided", False, True, 3) == (4, 0)
     assert step_counts("central", False, True, 1) == (2, 0)
     assert step_counts("alternating", True, False, 1) == (1, 1)
+
+
+def _recording_loss(model, draws):
+    """An LM loss that also records one draw of the global RNG per forward: what a dropout mask would see."""
+    lm = _lm_loss(model)
+
+    def loss(batch):
+        draws.append((batch, torch.rand(3)))
+        return lm(batch)
+
+    return loss
+
+
+def _masks_over_steps(fo: bool, zo: bool, schedule: str = "onesided", steps: int = 3, micro: int = 2):
+    model = tiny_model("llama")
+    head = [model.lm_head.weight]
+    rest = [p for p in model.parameters() if p is not model.lm_head.weight]
+    for p in rest:
+        p.requires_grad_(False)
+    opt = HybridOptimizer(model, fo_params=head if fo else (), zo_params=rest if zo else (), fo_lr=1e-3, zo_lr=1e-6)
+    per_step = []
+    for _ in range(steps):
+        draws = []
+        hybrid_step(opt, _recording_loss(model, draws), list(range(micro)), schedule=schedule, dropout="shared")
+        per_step.append(draws)
+    return per_step
+
+
+@pytest.mark.parametrize(
+    "fo, zo, schedule",
+    [(True, False, "onesided"), (True, True, "onesided"), (False, True, "onesided"), (True, True, "alternating"),
+     (False, True, "central")],
+    ids=["fo-only", "hybrid", "zo-only", "alternating", "zo-central"],
+)  # fmt: skip
+def test_shared_dropout_draws_new_masks_every_step_and_micro_batch(fo, zo, schedule):
+    """dropout shared: all forwards of one micro-batch in a step (FO, perturbed, baseline) see one mask; another
+    micro-batch or another optimizer step sees another, whatever groups the method has."""
+    per_step = _masks_over_steps(fo, zo, schedule)
+    masks = []
+    for draws in per_step:
+        by_batch = {}
+        for batch, d in draws:
+            by_batch.setdefault(batch, []).append(d)
+        for ds in by_batch.values():  # the compared forwards compute one function
+            assert all(torch.equal(ds[0], d) for d in ds[1:])
+        masks.extend(ds[0] for ds in by_batch.values())
+    assert len(masks) == 3 * 2
+    for i in range(len(masks)):
+        for j in range(i):
+            assert not torch.equal(masks[i], masks[j]), (i, j)
+
+
+def test_the_dropout_step_key_survives_a_state_dict_round_trip():
+    model = tiny_model("llama")
+    opt = HybridOptimizer(model, fo_params=[model.lm_head.weight], fo_lr=1e-3)
+    for _ in range(2):
+        hybrid_step(opt, _lm_loss(model), [None])
+    again = HybridOptimizer(model, fo_params=[model.lm_head.weight], fo_lr=1e-3)
+    again.load_state_dict(opt.state_dict())
+    assert opt.steps == again.steps == 2 and again.zo_step == 0

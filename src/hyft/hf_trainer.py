@@ -22,7 +22,8 @@ estimate of k micro-batches of b equals the one of a single batch of k*b, as the
 (tests/test_hf_trainer.py).
 
 Dropout: all forwards of a micro-batch (FO and perturbed) draw the same masks (the RNG is re-seeded from
-(seed, ZO step, micro-batch) inside fork_rng), so the compared losses are the same function.
+(seed, optimizer step, micro-batch) inside fork_rng), so the compared losses are the same function. The optimizer step
+(HybridOptimizer.steps) advances with every method, and it is restored on resume with the optimizer state.
 
 One process only (no DDP/FSDP/DeepSpeed): the ZO losses would need an all-reduce, which this integration does not do.
 """
@@ -44,6 +45,7 @@ from hyft.models import adapter_parameters, output_head
 from hyft.optim import HybridOptimizer
 from hyft.partition import partition
 from hyft.replay import LEDGER, ledger_document, write_ledger
+from hyft.zo.estimator import projected_grads
 from hyft.zo.rng import DATA, mix
 
 BASE_DIR = "base"
@@ -105,7 +107,7 @@ class HybridTrainer(Trainer):
         self._capture = False
         self._zo_inputs: dict[str, Any] | None = None
         self._zo_f0: torch.Tensor | None = None
-        self._micro = (-1, 0)  # (ZO step, micro-batches seen in it)
+        self._micro = (-1, 0)  # (optimizer step, micro-batches seen in it)
         self._logged: int | None = None  # ledger entries already summarised in logs (set at the first step)
 
     # -- optimizer ----------------------------------------------------------------------------------------------------
@@ -166,8 +168,8 @@ class HybridTrainer(Trainer):
         if self._logged is None:  # a resumed run's ledger already holds the steps before the checkpoint
             self._logged = len(opt.ledger)
         step, seen = self._micro
-        self._micro = (opt.zo_step, seen + 1 if step == opt.zo_step else 0)
-        seed = mix(DATA, opt.seed, opt.zo_step, self._micro[1], 11)
+        self._micro = (opt.steps, seen + 1 if step == opt.steps else 0)
+        seed = mix(DATA, opt.seed, opt.steps, self._micro[1], 11)
         k = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
         scale = 1.0 if self._loss_is_scaled_for_ga(num_items_in_batch) else 1.0 / k
         self._capture = True
@@ -189,18 +191,13 @@ class HybridTrainer(Trainer):
                 with self.compute_loss_context_manager(), self._same_masks(seed):
                     return super(HybridTrainer, self).compute_loss(model, dict(inputs), False, num_items_in_batch)
 
-            grads = []
-            with torch.no_grad():
-                for j in range(opt.queries):
-                    with opt.perturb(j, +1.0):
-                        plus = f().float()
-                    if self.args.zo_schedule == "onesided":
-                        grads.append((plus - f0) / opt.mu)
-                    else:
-                        with opt.perturb(j, -1.0):
-                            grads.append((plus - f().float()) / (2 * opt.mu))
+            onesided = self.args.zo_schedule == "onesided"
+            grads, _ = projected_grads(
+                lambda: f().float(), opt.perturbed, estimator=self.args.zo_schedule, queries=opt.queries, mu=opt.mu,
+                baseline=f0 if onesided else None,
+            )  # fmt: skip
             # this micro-batch's share of the step's estimate, in units the optimizer averages over k micro-batches
-            opt.accumulate_zo(torch.stack(grads) * (scale * k))
+            opt.accumulate_zo(grads * (scale * k))
         return loss
 
     # -- logging ------------------------------------------------------------------------------------------------------

@@ -8,14 +8,14 @@ ZO-updated tensors; its gradient is not a tensor but q projected-gradient scalar
 Every applied ZO update is appended to `ledger` as (step, lr, weight_decay, coefficients): with the run seed this is
 enough to replay the whole ZO trajectory onto the original weights.
 
-Two implementations of the ZO perturbation and update (`kernels`): the torch reference (`hyft.zo.perturb`, per tensor,
-torch.randn directions) and the fused kernels (`hyft.zo.kernels`, Triton on CUDA: one read and one write of every
-weight per pass, many tensors per launch, counter-based Philox directions). "auto" takes the fused path when the ZO
-tensors are on CUDA and triton is importable (env HYFT_ZO_KERNELS=torch|triton|blocked overrides auto). A third,
-"blocked" (`hyft.zo.blocked`), is the CPU fast path: the reference's formulas with directions drawn per block of a
-tensor by a thread pool. auto never picks it: it draws other directions than torch, and CPU runs, their ledgers and
-checkpoints stay on the reference generator unless asked. The three draw different directions; within a run the
-choice is fixed at the first perturbation or update, and the ledger records it (`generator`).
+The ZO perturbation and update are done by one backend (`hyft.zo.backend`), chosen by `kernels` at the first use
+and fixed for the run (the ledger records its generator): "torch", the reference (`hyft.zo.reference`: hook swap,
+`hyft.zo.update`, torch.randn directions per tensor); "triton", the fused kernels (`hyft.zo.fused`: one read and one
+write of every weight per pass, many tensors per launch, counter-based Philox directions; "emulate" is the same engine
+with torch math); "blocked", the CPU fast path (the reference's formulas with directions drawn per block of a tensor by
+a thread pool). "auto" takes triton when the ZO tensors are on CUDA and triton is importable (env
+HYFT_ZO_KERNELS=torch|triton|blocked overrides auto), else torch: auto never picks blocked, which draws other
+directions, so CPU runs, their ledgers and checkpoints stay on the reference generator unless asked.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ from torch import nn
 
 from hyft.config import choices
 from hyft.guard import SIXTEEN_BIT, realised_scale
-from hyft.zo import blocked as zb
 from hyft.zo import kernels as zk
-from hyft.zo.perturb import Direction, ZOTensor, apply_update, perturbed, zo_tensors
-from hyft.zo.rng import DIRECTION, ROUNDING, mix
+from hyft.zo.backend import Backend, Rule
+from hyft.zo.direction import Direction
+from hyft.zo.fused import FusedBackend
+from hyft.zo.reference import BlockedBackend, ReferenceBackend
+from hyft.zo.tensors import ZOTensor, zo_tensors
 
 FO_OPTIMIZERS = choices("fo.optimizer")
 KERNELS = (*choices("zo.kernels"), "emulate")  # emulate: the fused engine with torch math (tests)
-# The direction generator each choice of kernels draws from, as recorded in the ledger ("generator"; absent: torch).
-GENERATORS = {"torch": "torch", "fused": "philox", "blocked": "blocked"}
+# The direction generator each backend kind draws from, as recorded in the ledger ("generator"; absent: torch).
+GENERATORS = {b.kind: b.generator for b in (ReferenceBackend, FusedBackend, BlockedBackend)}
 EXCLUDABLE_SHARE = 0.1  # at most this share of the ZO elements is left out for a perturbation that rounds away
 
 
@@ -136,10 +138,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.mu, self.queries, self.distribution = mu, queries, distribution
         self.rounding, self.fp32_master, self.seed = rounding, fp32_master, seed
         self.zo_step = 0  # counts applied ZO updates: the step key of every direction
+        self.steps = 0  # counts applied optimizer steps of any group: the key of per-step randomness (dropout)
         self.model, self.kernels, self.scratch = model, kernels, scratch
-        self._fused: zk.FusedZO | None = None
-        self._kind = "torch"
-        self._resolved = False
+        self._backend: Backend | None = None
         self._grads: torch.Tensor | None = None
         self._micro = 0
         self.ledger: list[tuple[int, float, float, torch.Tensor]] = []
@@ -150,55 +151,62 @@ class HybridOptimizer(torch.optim.Optimizer):
         return next((g for g in self.param_groups if g["kind"] == "zo"), None)
 
     @property
-    def fused(self) -> zk.FusedZO | None:
-        """The fused engine, or None on the torch path; decided once, at the first use."""
-        if not self._resolved:
-            self._fused = self._make_fused()
-            self._resolved = True
-        return self._fused
+    def backend(self) -> Backend:
+        """The ZO backend (`hyft.zo.backend`); chosen once, at the first use (the model may move before that)."""
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return self._backend
 
-    def _make_fused(self) -> zk.FusedZO | None:
+    def _make_backend(self) -> Backend:
         mode = self.kernels
         if mode == "auto":
             mode = os.environ.get("HYFT_ZO_KERNELS", "auto") or "auto"
             if mode not in KERNELS:
                 raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:4]}")
-        self._kind = "blocked" if mode == "blocked" else "torch"
-        if mode in ("torch", "blocked") or not self.zo_tensors:
-            return None
+        keys = (self.zo_tensors, self.seed, self.distribution)
+        if mode == "blocked":
+            return BlockedBackend(*keys)
+        if mode == "torch" or not self.zo_tensors:
+            return ReferenceBackend(*keys)
         if mode == "auto" and self.zo_tensors[0].param.device.type != "cuda":
-            return None  # auto means CUDA only: Triton's CPU interpreter (TRITON_INTERPRET=1) is for tests
-        backend = "emulate" if mode == "emulate" else "triton"
+            # auto means CUDA only: Triton's CPU interpreter (TRITON_INTERPRET=1) is for tests
+            return ReferenceBackend(*keys)
+        engine = "emulate" if mode == "emulate" else "triton"
         reason = zk.unavailable_reason(
-            self.zo_tensors, backend=backend, rounding=self.rounding, fp32_master=self.fp32_master
+            self.zo_tensors, backend=engine, rounding=self.rounding, fp32_master=self.fp32_master
         )
         if reason is not None:
             if mode == "auto":
-                return None
+                return ReferenceBackend(*keys)
             raise ValueError(f"zo.kernels={mode}: the fused path cannot run here: {reason}")
-        self._kind = "fused"
-        return zk.FusedZO(self.model, self.zo_tensors, scope=self.scratch, backend=backend)
+        return FusedBackend(self.model, *keys, scope=self.scratch, backend=engine)
+
+    @property
+    def fused(self) -> zk.FusedZO | None:
+        """The fused engine when the backend is the fused one, else None."""
+        return getattr(self.backend, "engine", None)
 
     @property
     def direction_kind(self) -> str:
-        """Direction.kernel of this run's directions: torch, fused or blocked (decided with `fused`)."""
-        _ = self.fused
-        return self._kind
+        """Direction.kernel of this run's directions: torch, fused or blocked."""
+        return self.backend.kind
 
     @property
     def generator(self) -> str:
-        """The direction generator, as the ledger records it: torch, philox (fused kernels) or blocked."""
-        return GENERATORS[self.direction_kind]
+        """The direction generator, as the ledger records it: torch, philox (fused kernels), blocked or chunked."""
+        return self.backend.generator
 
     def direction(self, query: int) -> Direction:
-        return Direction(self.seed, self.zo_step, query, self.distribution, self.direction_kind)
+        return self.backend.direction(self.zo_step, query)
+
+    def perturbed(self, query: int, scale: float):
+        """Context manager: forwards inside it see x + scale * z_query (x itself is never written). The estimator
+        (`hyft.zo.estimator`) passes scale = +-mu."""
+        return self.backend.perturbed(self.zo_step, query, scale)
 
     def perturb(self, query: int, sign: float):
-        """Context manager: forwards inside it see x + sign * mu * z_query (x itself is never written)."""
-        if self.fused is not None:
-            step_seed = mix(DIRECTION, self.seed, self.zo_step)
-            return self.fused.perturbed(step_seed, query, sign * self.mu, self.distribution)
-        return perturbed(self.zo_tensors, self.direction(query), sign * self.mu)
+        """`perturbed` at sign * mu."""
+        return self.perturbed(query, sign * self.mu)
 
     def accumulate_zo(self, grads: torch.Tensor) -> None:
         """Add one micro-batch's projected gradients (shape [q]); step() averages over micro-batches."""
@@ -225,67 +233,18 @@ class HybridOptimizer(torch.optim.Optimizer):
                 raise RuntimeError("ZO step without a projected gradient: call accumulate_zo first")
             self._apply_zo(self._grads / (self._micro * self.queries))
             self._grads, self._micro = None, 0
-
-    def _zo_state(self, t: ZOTensor) -> dict[str, Any]:
-        """One ZO tensor's state, its fp32 master and momentum buffer created on first use."""
-        state = self.state[t.param]
-        if self.fp32_master and "master" not in state:
-            state["master"] = t.param.detach().float().clone()
-        if self.zo_group["momentum"] and "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(t.param, dtype=torch.float32)
-        return state
+        if "zo" in groups or not self.zo_tensors:  # alternating steps FO then ZO: one step
+            self.steps += 1
 
     def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
         group = self.zo_group
         step = self.zo_step if step is None else step
-        if self.fused is not None:
-            self._apply_zo_fused(coeffs, step)
-            return
-        kind = self.direction_kind
-        directions = [Direction(self.seed, step, j, self.distribution, kind) for j in range(len(coeffs))]
-        jobs = []
-        for t in self.zo_tensors:
-            state = self._zo_state(t)
-            kw = dict(
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                momentum_buffer=state.get("momentum_buffer"),
-                master=state.get("master"),
-                rounding=self.rounding,
-                rounding_seed=mix(self.seed, step),
-            )
-            if kind == "blocked":  # all tensors' blocks in one go: the pool also splits the many small tensors
-                jobs.append(zb.update_job(t, directions, coeffs, **kw))
-            else:  # each tensor has its own generators: tensors updated side by side give the very same numbers
-                jobs.append((1, lambda a, b, s, t=t, kw=kw: apply_update(t, directions, coeffs, **kw)))
-        zb.run_jobs(jobs)
+        rule = Rule(
+            seed=self.seed, lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
+            rounding=self.rounding, fp32_master=self.fp32_master, distribution=self.distribution,
+        )  # fmt: skip
+        self.backend.update(step, coeffs, rule, self.state)
         # Kept on device: moving it to the host here would synchronise every step; state_dict() converts.
-        self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
-        self.zo_step = step + 1
-
-    def _apply_zo_fused(self, coeffs: torch.Tensor, step: int) -> None:
-        group = self.zo_group
-        masters, moms = {}, {}
-        if self.fp32_master or group["momentum"] or self.state:
-            for t in self.zo_tensors:
-                state = self._zo_state(t)
-                if "master" in state:
-                    masters[id(t.param)] = state["master"]
-                if "momentum_buffer" in state:
-                    moms[id(t.param)] = state["momentum_buffer"]
-        self.fused.update(
-            coeffs,
-            step_seed=mix(DIRECTION, self.seed, step),
-            round_seed=mix(ROUNDING, self.seed, step),
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            distribution=self.distribution,
-            rounding=self.rounding,
-            masters=masters,
-            moms=moms,
-        )
         self.ledger.append((step, group["lr"], group["weight_decay"], coeffs.detach().clone()))
         self.zo_step = step + 1
 
@@ -296,6 +255,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             "fo": self.fo.state_dict() if self.fo is not None else None,
             "zo": zo,
             "zo_step": self.zo_step,
+            "steps": self.steps,
             "ledger": [(s, lr, wd, c.tolist()) for s, lr, wd, c in self.ledger],
         }
 
@@ -314,4 +274,5 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if torch.is_tensor(value) and value.is_floating_point() and key != "step":
                     self.state[p][key] = value.to(device=p.device, dtype=value.dtype, copy=True)
         self.zo_step = int(state_dict["zo_step"])
+        self.steps = int(state_dict.get("steps", self.zo_step))  # before the field: the only step key there was
         self.ledger = [(s, lr, wd, torch.tensor(c)) for s, lr, wd, c in state_dict.get("ledger", [])]

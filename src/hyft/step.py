@@ -10,8 +10,10 @@ With only a ZO group (mezo, zo-lora): onesided needs its own baseline forward, (
 With only an FO group (ft, lora, ...): 1 F + 1 B.
 
 Dropout: the forwards whose losses are compared must compute the same function. With dropout="off" the model runs in
-eval mode throughout; with dropout="shared" every forward of the step draws the same masks (the RNG is re-seeded from
-the step's seed before each forward, inside fork_rng so the global stream is untouched).
+eval mode throughout; with dropout="shared" every forward of one micro-batch in a step draws the same masks (the RNG is
+re-seeded from (seed, optimizer step, micro-batch) before each forward, inside fork_rng so the global stream is
+untouched). The key is the optimizer's step count, not its ZO step: FO-only methods have no ZO step, and they too must
+draw new masks every step.
 """
 
 from __future__ import annotations
@@ -75,15 +77,15 @@ def hybrid_step(
     apply = update if update is not None else (lambda groups: opt.step(groups=groups))
     counts = {"F": 0, "B": 0}
     device = next(iter(opt.param_groups[0]["params"])).device
-    dropout_seed = mix(DATA, opt.seed, opt.zo_step, 7) if dropout == "shared" else None
+    shared = dropout == "shared"
 
-    def forward(batch) -> torch.Tensor:
+    def forward(batch, i: int) -> torch.Tensor:
         counts["F"] += 1
-        if dropout_seed is None:
+        if not shared:
             return loss_fn(batch)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(dropout_seed)
+            torch.manual_seed(mix(DATA, opt.seed, opt.steps, i, 7))
             return loss_fn(batch)
 
     def fo_pass() -> list[torch.Tensor]:
@@ -91,7 +93,7 @@ def hybrid_step(
         for i, b in enumerate(micro_batches):
             ctx = no_sync() if (no_sync is not None and i < k - 1) else contextlib.nullcontext()
             with ctx:
-                loss = forward(b)
+                loss = forward(b, i)
                 (loss / k).backward()
             counts["B"] += 1
             losses.append(loss.detach())
@@ -99,10 +101,10 @@ def hybrid_step(
 
     def zo_pass(estimator: str, baselines: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         grads, refs = [], []
-        for b, base in zip(micro_batches, baselines):
+        for i, (b, base) in enumerate(zip(micro_batches, baselines)):
             g, ref = projected_grads(
-                lambda b=b: forward(b),
-                opt.perturb,
+                lambda b=b, i=i: forward(b, i),
+                opt.perturbed,
                 estimator=estimator,
                 queries=opt.queries,
                 mu=opt.mu,

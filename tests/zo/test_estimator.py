@@ -20,7 +20,7 @@ class Quadratic(nn.Module):
 def _estimate(estimator, queries, dist="gaussian", mu=1e-3, seed=0):
     f = Quadratic(20)
     tensors = zo_tensors(f, [f.x])
-    perturb = lambda j, s: perturbed(tensors, Direction(seed, 0, j, dist), s * mu)
+    perturb = lambda j, s: perturbed(tensors, Direction(seed, 0, j, dist), s)
     g, _ = projected_grads(f, perturb, estimator=estimator, queries=queries, mu=mu)
     est = sum(g[j] * Direction(seed, 0, j, dist).z(tensors[0]) for j in range(queries)) / queries
     true = f.a * f.x.detach() + 1
@@ -43,7 +43,7 @@ def test_onesided_uses_the_given_baseline_and_counts_forwards():
     tensors = zo_tensors(f, [f.x])
     calls = []
     loss = lambda: calls.append(1) or f()
-    perturb = lambda j, s: perturbed(tensors, Direction(0, 0, j), s * 1e-3)
+    perturb = lambda j, s: perturbed(tensors, Direction(0, 0, j), s)
     projected_grads(loss, perturb, estimator="onesided", queries=3, mu=1e-3, baseline=f().detach())
     assert len(calls) == 3
     calls.clear()

@@ -1,6 +1,6 @@
 """The "blocked" direction generator: the CPU fast path of the ZO perturbation and update, in plain torch ops.
 
-The reference generator (`hyft.zo.perturb`, "torch") draws z of a tensor from one torch.Generator: one serial
+The reference generator (`hyft.zo.direction`, "torch") draws z of a tensor from one torch.Generator: one serial
 Mersenne-Twister stream over the whole tensor, several full-size passes per use, no parallelism. On a 2-core CPU that
 costs ~4x a copy of the weights per pass. Here z is cut into blocks of BLOCK elements and block b of tensor t in query j
 of step k is drawn from its own generator, seeded mix(DIRECTION, run_seed, k, j, t, b):
@@ -14,10 +14,10 @@ intermediates stay in cache; the numbers depend only on the keys, never on the n
 blocks run in (every op here is element-wise, so a block gives the same values as the whole tensor would). The same
 blocks give the 16-bit stochastic-rounding noise, keyed mix(ROUNDING, rounding_seed, t, b).
 
-The formulas are the reference's, op for op (perturbed value z*s + w rounded once; update through d = sum_j c_j z_j), so
-`perturb.apply_update` on a Direction with kernel="blocked" (which lands here) is the very same computation that
-training does, and replay is bit-exact by construction. BLOCK is part of the generator's definition: changing it
-changes every direction.
+The formulas are the reference's, op for op (perturbed value z*s + w rounded once; d = sum_j c_j z_j, then
+`hyft.zo.update.descend` on each block), so `perturb.apply_update` on a Direction with kernel="blocked" (which lands
+here) is the very same computation that training does, and replay is bit-exact by construction. BLOCK is part of
+the generator's definition: changing it changes every direction.
 """
 
 from __future__ import annotations
@@ -25,15 +25,23 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from hyft.zo.rng import DIRECTION, ROUNDING, generator, mix
-from hyft.zo.rounding import stochastic_round
+from hyft.zo.tensors import ZOTensor
+from hyft.zo.update import descend
 
-if TYPE_CHECKING:
-    from hyft.zo.perturb import Direction, ZOTensor
+
+class Direction(Protocol):
+    """The keys of a direction (`hyft.zo.direction.Direction`, which imports this module: hence no import)."""
+
+    run_seed: int
+    step: int
+    query: int
+    distribution: str
+
 
 # 2**18 elements (1 MB of fp32: a block's buffers stay in L2): few enough blocks that seeding a generator per block
 # (~10 us) is noise, enough of them for the pool to balance. Part of the definition: changing it changes every z.
@@ -209,7 +217,6 @@ def update_job(
     cs = [float(c) for c in coeffs.detach().to(torch.float32)]  # fp32 values, exact as floats
     mom = momentum_buffer.view(-1) if momentum_buffer is not None else None
     mst = master.view(-1) if master is not None else None
-    sr = rounding == "stochastic" and w.dtype in (torch.bfloat16, torch.float16)
 
     def work(first, stop, scratch):
         d, z = _buf(scratch, "d", w.device), _buf(scratch, "z", w.device)
@@ -226,23 +233,11 @@ def update_job(
                         dm.mul_(c)
                 else:
                     dm.add_(z[:m] if pre else z[:m].mul_(c))
-            step = dm
-            if mom is not None:
-                step = mom[s : s + m]
-                step.mul_(momentum).add_(dm)
-            x = mst[s : s + m] if mst is not None else flat[s : s + m]
-            if weight_decay:
-                step = step + weight_decay * x.float()
-            if mst is not None:
-                x.add_(step, alpha=-lr)
-                flat[s : s + m].copy_(x)
-            elif w.dtype == torch.float32:
-                x.add_(step, alpha=-lr)
-            else:
-                new = x.float().add_(step, alpha=-lr)
-                if sr:
-                    g = generator(mix(ROUNDING, rounding_seed, t.index, b), w.device)
-                    new = stochastic_round(new, w.dtype, g)
-                x.copy_(new)
+            descend(
+                flat[s : s + m], dm, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                momentum_buffer=None if mom is None else mom[s : s + m],
+                master=None if mst is None else mst[s : s + m], rounding=rounding,
+                rounding_generator=lambda b=b: generator(mix(ROUNDING, rounding_seed, t.index, b), w.device),
+            )  # fmt: skip
 
     return nblocks(n), work

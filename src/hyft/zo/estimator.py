@@ -6,8 +6,10 @@ central (MeZO):                        g = (f(x + mu z) - f(x - mu z)) / (2 mu)
     two extra forwards per query; its bias is O(mu^2) instead of O(mu).
 
 With q queries, the update direction is (1/q) sum_j g_j z_j; each z_j is regenerated from its seed, so memory does not
-grow with q. `loss` evaluates f at the current perturbation; `perturb(j, s)` is a context that shifts x by s*mu*z_j.
-`reduce` averages a loss across data-parallel ranks (identity on one process): every rank then holds the same g.
+grow with q. `loss` evaluates f at the current perturbation; `perturbed(j, s)` is a context in which x is shifted by
+s*z_j (a backend's perturbed forward, `hyft.zo.backend`): mu is applied here, and divided here, in one place.
+A new estimator is one more branch of `projected_grads` and a name in ESTIMATORS. `reduce` averages a loss across
+data-parallel ranks (identity on one process): every rank then holds the same g.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _loss32(t: torch.Tensor) -> torch.Tensor:
 
 def projected_grads(
     loss: Callable[[], torch.Tensor],
-    perturb: Callable[[int, float], AbstractContextManager],
+    perturbed: Callable[[int, float], AbstractContextManager],
     *,
     estimator: str,
     queries: int,
@@ -46,12 +48,12 @@ def projected_grads(
         if estimator == "onesided":
             f0 = reduce(_loss32(loss())) if baseline is None else reduce(_loss32(baseline.detach()))
         for j in range(queries):
-            with perturb(j, +1.0):
+            with perturbed(j, +mu):
                 f_plus = reduce(_loss32(loss()))
             if estimator == "onesided":
                 grads.append((f_plus - f0) / mu)
             else:
-                with perturb(j, -1.0):
+                with perturbed(j, -mu):
                     f_minus = reduce(_loss32(loss()))
                 grads.append((f_plus - f_minus) / (2 * mu))
                 if j == 0:

@@ -1,6 +1,6 @@
 """Fused ZO perturbation and update: Triton kernels on CUDA, with a pure-torch emulation of the same math.
 
-The torch path (`hyft.zo.perturb`) regenerates each direction with torch.randn per tensor and works tensor by tensor:
+The torch path (`hyft.zo.reference`) regenerates each direction with torch.randn per tensor and works tensor by tensor:
 several passes over every weight and one kernel launch per tensor and operation. The fused path here does each pass in
 one read and one write of every weight, for many tensors per launch:
 
@@ -32,13 +32,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from hyft.zo.perturb import ZOTensor
+from hyft.zo.tensors import ZOTensor
 
 BLOCK = 2048  # elements per program: a [256, 8] tile
 NUM_WARPS = 4

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hyft.optim import HybridOptimizer
-from hyft.zo.perturb import Direction, ZOTensor
+from hyft.zo.backend import Rule, buffers
+from hyft.zo.direction import Direction
 from hyft.zo.rng import ROUNDING, generator, mix
 from hyft.zo.rounding import stochastic_round
+from hyft.zo.tensors import ZOTensor
 
 CHUNK_NUMEL = 1 << 22  # elements per block of rows drawn from one generator (16 MB of fp32)
 
@@ -192,60 +194,67 @@ def sharded_perturbed(
                 local.copy_(copy)
 
 
-class ShardedHybridOptimizer(HybridOptimizer):
-    """HybridOptimizer for an FSDP2 model: each rank perturbs and updates only its local shards of the ZO tensors,
-    with chunk-keyed directions (see the module docstring). FO groups are stepped as usual (on DTensors)."""
+class ShardedBackend:
+    """The backend interface (`hyft.zo.backend`) on this rank's local shards: perturbed in place around a forward
+    and restored from a copy, updated with chunk-keyed directions (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, fo_params=(), zo_params=(), *, chunk_numel: int = CHUNK_NUMEL, **kw):
-        reshard(model)  # the parameters to index are the sharded ones
-        kw.setdefault("min_perturbation_scale", 0.0)  # the check reads whole tensors; shards are DTensors here
-        super().__init__(model, fo_params, zo_params, **kw)
-        self._model, self.chunk_numel = model, chunk_numel
-        self.shards = {t.index: shard_of(t.param) for t in self.zo_tensors}
+    kind, generator = "chunked", "chunked"
 
-    @property
-    def generator(self) -> str:
-        return "chunked"
+    def __init__(self, model: nn.Module, tensors: Sequence[ZOTensor], seed: int, distribution: str, chunk_numel: int):
+        self.model, self.tensors, self.seed, self.distribution = model, list(tensors), seed, distribution
+        self.chunk_numel = chunk_numel
+        self.shards = {t.index: shard_of(t.param) for t in self.tensors}
 
-    def direction(self, query: int) -> ChunkedDirection:
-        return ChunkedDirection(self.seed, self.zo_step, query, self.distribution, self.chunk_numel)
+    def direction(self, step: int, query: int) -> ChunkedDirection:
+        return ChunkedDirection(self.seed, step, query, self.distribution, self.chunk_numel)
 
-    def perturb(self, query: int, sign: float):
-        return sharded_perturbed(self._model, self.zo_tensors, self.shards, self.direction(query), sign * self.mu)
+    def perturbed(self, step: int, query: int, scale: float):
+        return sharded_perturbed(self.model, self.tensors, self.shards, self.direction(step, query), scale)
 
     @torch.no_grad()
-    def _apply_zo(self, coeffs: torch.Tensor, step: int | None = None) -> None:
-        group = self.zo_group
-        step = self.zo_step if step is None else step
-        directions = [
-            ChunkedDirection(self.seed, step, j, self.distribution, self.chunk_numel) for j in range(len(coeffs))
-        ]
-        lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-        reshard(self._model)
-        for t in self.zo_tensors:
+    def update(self, step: int, coeffs: torch.Tensor, rule: Rule, state: MutableMapping) -> None:
+        # The rule of hyft.zo.update, in this module's own arithmetic (x - lr * (d + wd x), d from zeros): what FSDP2
+        # runs have always computed, tested against the reference in tests/zo/test_backends.py.
+        directions = [self.direction(step, j) for j in range(len(coeffs))]
+        lr, wd, momentum = rule.lr, rule.weight_decay, rule.momentum
+        reshard(self.model)
+        for t in self.tensors:
             s = self.shards[t.index]
             w = s.local()
-            state = self.state[t.param]
-            if self.fp32_master and "master" not in state:
-                state["master"] = w.float().clone()
-            if momentum and "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(w, dtype=torch.float32)
-            master = state.get("master")
+            st = buffers(state, t, rule, local=w)
+            master = st.get("master")
             x = master if master is not None else w.float()
             d = torch.zeros_like(x)
             for direction, c in zip(directions, coeffs):
                 d.add_(direction.z_rows(t.index, s, w.device) * c.to(torch.float32))
             if momentum:
-                state["momentum_buffer"].mul_(momentum).add_(d)
-                d = state["momentum_buffer"]
+                st["momentum_buffer"].mul_(momentum).add_(d)
+                d = st["momentum_buffer"]
             new = x - lr * (d + wd * x) if wd else x - lr * d
             if master is not None:
                 master.copy_(new)
                 w.copy_(new.to(w.dtype))
-            elif self.rounding == "stochastic":
+            elif rule.rounding == "stochastic":
                 seed = mix(ROUNDING, mix(self.seed, step), t.index)
                 w.copy_(round_rows(new, w.dtype, seed, s.shape, s.row0, self.chunk_numel))
             else:
                 w.copy_(new.to(w.dtype))
-        self.ledger.append((step, lr, wd, coeffs.detach().clone()))
-        self.zo_step = step + 1
+
+
+class ShardedHybridOptimizer(HybridOptimizer):
+    """HybridOptimizer for an FSDP2 model: each rank perturbs and updates only its local shards of the ZO tensors
+    (`ShardedBackend`). FO groups are stepped as usual (on DTensors)."""
+
+    def __init__(self, model: nn.Module, fo_params=(), zo_params=(), *, chunk_numel: int = CHUNK_NUMEL, **kw):
+        reshard(model)  # the parameters to index are the sharded ones
+        kw.setdefault("min_perturbation_scale", 0.0)  # the check reads whole tensors; shards are DTensors here
+        self.chunk_numel = chunk_numel
+        super().__init__(model, fo_params, zo_params, **kw)
+        _ = self.backend  # shard_of refuses unsupported layouts now, not at the first step
+
+    @property
+    def shards(self) -> dict[int, Shard]:
+        return self.backend.shards
+
+    def _make_backend(self) -> ShardedBackend:
+        return ShardedBackend(self.model, self.zo_tensors, self.seed, self.distribution, self.chunk_numel)
