@@ -208,6 +208,9 @@ def validate(cfg: Config, *, resume: bool = False):
     check_model_source(cfg)
     check_output_dir(cfg, resume=resume)
     data = load_data(cfg)
+    if cfg.data.task == "user" and (cfg.data.dataset or {}).get("type") == "sft" and cfg.data.loss != "lm":
+        raise _err(cfg, "data.loss", "an sft dataset trains on its tokens (assistant turns, completions, text); "
+                   "set data.loss: lm")  # fmt: skip
     if not data.train:
         raise ConfigError(f"data: task {data.name!r} has no training examples (data.n_train {cfg.data.n_train})")
     return data

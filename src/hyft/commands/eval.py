@@ -176,6 +176,7 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
     from hyft.evaluate import EvalOptions, evaluate_examples
     from hyft.models import output_head
     from hyft.report import mean_std
+    from hyft.tasks.sft import render as render_chat
     from hyft.trainer import load_data
 
     head = output_head(model)
@@ -183,7 +184,7 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
     rows = []
     for seed in seeds:
         t0 = time.perf_counter()
-        data = load_data(replace(cfg, seed=seed))
+        data = render_chat(load_data(replace(cfg, seed=seed)), tok)
         examples = data.split(split)
         if not examples:
             raise ConfigError(f"task {data.name!r} has no {split} examples (check --n_{split} and the data files)")
@@ -191,7 +192,8 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
         report.update(seed=seed, seconds=round(time.perf_counter() - t0, 3),
                       lines=[e.meta.get("line") for e in examples])  # fmt: skip
         rows.append(report)
-    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1") if k in rows[0]]
+    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1", "token_accuracy", "loss")
+               if k in rows[0]]  # fmt: skip
     summary = {}
     for k in metrics:
         mean, std, n = mean_std(r[k] for r in rows)
@@ -235,7 +237,7 @@ def run_bases(run_dir: Path, cfg):
 
 
 def ablation_row(updated: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
-    metric = next(k for k in ("accuracy", "exact_match", "f1") if k in updated["summary"])
+    metric = next(k for k in ("accuracy", "exact_match", "f1", "token_accuracy") if k in updated["summary"])
     a, b = updated["summary"][metric]["mean"], original["summary"][metric]["mean"]
     return {"task": updated["task"], "metric": metric, "updated_base": a, "original_base": b,
             "zo_points": round(100 * (a - b), 4)}  # fmt: skip
@@ -244,7 +246,7 @@ def ablation_row(updated: dict[str, Any], original: dict[str, Any]) -> dict[str,
 def results_table(results: list[dict[str, Any]]) -> str:
     from hyft.report import fmt_mean_std, text_table
 
-    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1")
+    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1", "token_accuracy", "loss")
                if any(k in r["summary"] for r in results)]  # fmt: skip
     headers = ["task", "seed", "n"] + [m.replace("accuracy_uncalibrated", "uncalibrated") for m in metrics]
     rows = []
