@@ -39,6 +39,7 @@ from hyft.optim import HybridOptimizer
 from hyft.partition import Partition, partition
 from hyft.probe import PROBE, Probe, read_probe_rows, summarize, swapped
 from hyft.schedule import lr_factor
+from hyft.sinks import Sinks
 from hyft.step import StepResult, hybrid_step, step_counts
 from hyft.tasks.sft import render as render_chat
 from hyft.zo.rng import DATA, mix
@@ -200,6 +201,7 @@ class Trainer:
         self.phase = "setup"  # what runs now, for out-of-memory messages
         self._signals: list[int] = []
         self._tb = None
+        self._sinks = Sinks()  # wandb / mlflow / trackio (sinks.py); TensorBoard stays on self._tb
         self.probe = self.make_probe() if cfg.train.probe_every else None
         self.ablation: dict[str, Any] | None = None
         self._locks = 0  # holds of the output directory's lock (hyft/lock.py) taken by this trainer
@@ -429,6 +431,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+        t = self.cfg.train
+        self._sinks = Sinks.open(t.report_to, self.out, project=t.tracker_project, run_name=t.run_name,
+                                 config=self.cfg.to_dict())  # fmt: skip
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -449,6 +454,7 @@ class Trainer:
                     if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                         self._tb.add_scalar(_tb_tag(key), value, record["step"])
             self._tb.flush()  # a killed run keeps what it logged (log lines are few)
+        self._sinks.log_record(record, self.guard.skipped)
 
     def run_info(self, evals: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -544,6 +550,7 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
+            self._sinks.close()
             self.unlock()
 
     def _fit(self) -> dict[str, Any]:
@@ -600,6 +607,8 @@ class Trainer:
             # an end-of-run figure like the final accuracies: run.json and TensorBoard, not metrics.jsonl
             for split, r in self.ablation.items():
                 self._tb.add_scalar(f"ablation/{split}_zo_points", r["zo_points"], self.step)
+        if self.ablation and "skipped" not in self.ablation:
+            self._sinks.log({f"ablation/{s}_zo_points": r["zo_points"] for s, r in self.ablation.items()}, self.step)
         info = self.run_info(evals)
         if self.is_main:
             ckpt.write_text_atomically(self.out / "eval.json", json.dumps(evals, indent=1))

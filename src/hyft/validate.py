@@ -16,6 +16,7 @@ import torch
 from hyft.config import Config, explicitly_set, field_choices, origin_of
 from hyft.errors import ConfigError
 from hyft.methods import Method, resolve
+from hyft.sinks import check_installed
 
 ENUMS = {
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -28,7 +29,6 @@ ENUMS = {
     "train.dropout": ("off", "shared"),
     "data.loss": ("classification", "lm"),
 }
-REPORTERS = ("tensorboard",)
 _DEFAULT = Config()
 
 # (key, test, requirement) for numeric ranges
@@ -78,12 +78,13 @@ def check_config(cfg: Config) -> Method:
     """Names, ranges and combinations; returns the resolved method."""
     for key, allowed in {**ENUMS, **field_choices()}.items():
         value = _get(cfg, key)
-        if value not in allowed:
-            names = ", ".join(a for a in allowed if a is not None)
-            raise _err(cfg, key, f"unknown value {value!r}; choose from {names}")
-    for r in cfg.train.report_to:
-        if r not in REPORTERS:
-            raise _err(cfg, "train.report_to", f"unknown sink {r!r}; choose from {', '.join(REPORTERS)}")
+        for v in value if isinstance(value, list) else [value]:  # a list field's choices apply to each item
+            if v not in allowed:
+                names = ", ".join(a for a in allowed if a is not None)
+                raise _err(cfg, key, f"unknown value {v!r}; choose from {names}")
+    missing = check_installed(cfg.train.report_to)
+    if missing:
+        raise _err(cfg, "train.report_to", missing)
     if "tensorboard" in cfg.train.report_to:
         try:
             import tensorboard  # noqa: F401
