@@ -141,6 +141,11 @@ def test_chat_template_from_a_jinja_file_overrides_the_tokenizer(tmp_path):
     assert ex.train[0].contexts[0].startswith("[system]Be brief.")
 
 
+def test_chat_template_as_jinja_text(tmp_path):
+    ex = load(tmp_path, [{"messages": CHAT}], byte_tokenizer(), chat_template=TEMPLATE.replace("<|", "("))
+    assert ex.train[0].contexts[0].startswith("(system|>Be brief.")
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------------
 def test_unknown_role_names_file_line_and_field(tmp_path, chat_tok):
     bad = [{"messages": CHAT}, {"messages": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]}]

@@ -32,6 +32,25 @@ def test_glob_reads_every_matching_file_and_names_each_in_errors(tmp_path):
         load_user_task({**GEN, "train": str(tmp_path / "none-*.jsonl")}, **ALL)
 
 
+def test_recursive_glob(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    (tmp_path / "a" / "b" / "y.jsonl").write_text(json.dumps(ROWS[1]) + "\n")
+    data = load_user_task({**GEN, "train": str(tmp_path / "a" / "**" / "*.jsonl")}, **{**ALL, "n_dev": 0})
+    assert contexts(data.train) == ["question 0", "question 1"]
+
+
+def test_data_files_with_format_and_tsv(tmp_path):
+    (tmp_path / "rows.txt").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    spec = {**GEN, "train": {"data_files": str(tmp_path / "rows.txt"), "format": "json"}}
+    assert len(load_user_task(spec, **{**ALL, "n_dev": 0}).train) == 6
+    (tmp_path / "rows.tsv").write_text("q\ta\n" + "".join(f"{r['q']}\t{r['a']}\n" for r in ROWS))
+    data = load_user_task({**GEN, "train": {"data_files": str(tmp_path / "rows.tsv")}}, **{**ALL, "n_dev": 0})
+    assert contexts(data.train) == [r["q"] for r in ROWS]
+    with pytest.raises(ConfigError, match="cannot tell the builder"):
+        load_user_task({**GEN, "train": {"data_files": str(tmp_path / "rows.txt")}}, **ALL)
+
+
 def test_save_to_disk_dataset_dict_with_split_and_columns(tmp_path):
     renamed = [{"question": r["q"], "answer": r["a"]} for r in ROWS]
     dd = datasets.DatasetDict(
