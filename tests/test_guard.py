@@ -237,3 +237,17 @@ def test_bf16_run_json_reports_the_excluded_norms(tmp_path):
     scales = json.loads((tmp_path / "run" / "run.json").read_text())["zo_perturbation_scale"]
     assert scales["norm"]["excluded"] == scales["norm"]["tensors"] > 0
     assert scales["norm"]["realised_over_intended"] < 0.3
+
+
+def test_realised_scale_on_a_tensor_past_float32_integers():
+    """SmolLM2's embedding (49152 x 576 = 28,311,552 elements) has more elements than float32 counts exactly: the
+    strided sample must stay inside the tensor (it indexed one past the end, and every real hybrid run crashed when
+    writing run.json). The last sampled element is the tensor's last one."""
+    from hyft.guard import _SAMPLES, realised_scale
+
+    n = (1 << 24) + 4  # n - 1 is odd: float32 rounds it (a tie) up to n
+    w = torch.zeros(n, dtype=torch.bfloat16)
+    at_zero = realised_scale(w, 1e-3, "rademacher")  # bf16(±1e-3) / 1e-3: the same for every element
+    w[-1] = 1.0  # bf16 swallows a 1e-3 perturbation at 1.0 (ulp 2^-7)
+    r = realised_scale(w, 1e-3, "rademacher")
+    assert abs(r / at_zero - (1 - 1 / _SAMPLES)) < 1e-9  # exactly one sampled element, the last, lost its perturbation

@@ -134,7 +134,9 @@ def _realised(w: torch.Tensor, mu: float, distribution: str) -> tuple[float, flo
     n = flat.numel()
     if n == 0:
         return 0.0, 0.0
-    x = flat[torch.linspace(0, n - 1, _SAMPLES, device=w.device).long()] if n > _SAMPLES else flat
+    # float64: a float32 linspace rounds n - 1 up to n past 2**24 elements (SmolLM2's embedding) and indexes off the end
+    idx = torch.linspace(0, n - 1, _SAMPLES, dtype=torch.float64, device=w.device).long()
+    x = flat[idx] if n > _SAMPLES else flat
     x = x.float()
     g = torch.Generator(device=w.device).manual_seed(0x5CA1E)
     if distribution == "rademacher":
