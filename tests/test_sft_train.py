@@ -80,3 +80,12 @@ def test_cli_exits_2_on_a_bad_role(tmp_path, capsys):
     assert main(argv) == 2
     assert "c.jsonl:1: field 'messages[0].role': unknown role 'human'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_chat_example_config_validates_and_loads_its_data(tmp_path):
+    from hyft.validate import validate
+
+    cfg = load_config("examples/sft_chat_smollm2.yaml", ["--train.output_dir", str(tmp_path / "run")])
+    data = validate(cfg)
+    assert (len(data.train), len(data.dev)) == (24, 4)
+    assert all(e.meta["conversation"]["messages"][0]["role"] == "system" for e in data.train)
