@@ -127,3 +127,26 @@ def test_prompt_tuning_adapters_are_refused(setup):
     pt = get_peft_model(tiny_model(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
     with pytest.raises(ConfigError, match="prompt-tuning adapter prepends virtual tokens"):
         plain_model(pt)
+
+
+def test_harness_limit_fewshot_and_chat_template(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    root, model, _ = setup
+    import shutil
+
+    chat = tmp_path / "chat_model"
+    shutil.copytree(model, chat)
+    tok = AutoTokenizer.from_pretrained(chat)
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}[assistant]"
+    tok.save_pretrained(chat)
+    out = tmp_path / "h.json"
+    argv = ["eval", "--model", str(chat), "--harness", "hyft_reviews", "--harness_include", str(root / "tasks"),
+            "--limit", "3", "--num_fewshot", "1", "--apply_chat_template", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    samples = res["samples"]["hyft_reviews"]
+    assert len(samples) == 3
+    prompt = samples[0]["arguments"][0][0]  # (context, choice) of the first choice
+    assert prompt.startswith("[user]Review: ") and prompt.endswith("Sentiment:[assistant]")
+    assert prompt.count("Review: ") == 2  # one shot, then the question

@@ -141,3 +141,12 @@ def test_unknown_tracker_is_refused_before_anything_runs(tmp_path):
     cfg = load_config(None, ["--train.report_to", "wandb,comet"])
     with pytest.raises(ConfigError, match="--train.report_to: unknown value 'comet'; choose from tensorboard, wandb"):
         check_config(cfg)
+
+
+def test_a_tracker_without_its_package_is_named_with_the_install_command(monkeypatch):
+    from hyft import sinks
+
+    assert sinks.check_installed(["tensorboard", "wandb", "mlflow", "trackio"]) is None
+    monkeypatch.setitem(sinks.PACKAGES, "mlflow", "no_such_package_hyft")
+    msg = sinks.check_installed(["wandb", "mlflow"])
+    assert msg == "mlflow needs its package: pip install 'hyft[trackers]' (or pip install no_such_package_hyft)"

@@ -214,3 +214,18 @@ def test_unrendered_conversation_cannot_be_encoded(tmp_path, chat_tok):
     data = load_user_task({"type": "sft", "train": jsonl(tmp_path / "d.jsonl", [{"messages": CHAT}])}, **ALL)
     with pytest.raises(DataError, match="conversation not rendered"):
         scoring.encode(chat_tok, data.train[0], 64)
+
+
+def test_template_bos_is_not_doubled_when_the_tokenizer_adds_one(tmp_path):
+    from tokenizers import processors
+
+    tok = byte_tokenizer()  # Llama-like: prepends BOS (the <eos> id here), and the template writes one too
+    tok.bos_token = "<eos>"
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<eos> $A", special_tokens=[("<eos>", 257)]
+    )
+    tok.chat_template = "{{ bos_token }}" + TEMPLATE
+    ex = load(tmp_path, [{"messages": CHAT}], tok).train[0]
+    ((ctx, _),) = scoring.encode(tok, ex, 512).pairs
+    assert ctx[0] == 257 and ctx[1] != 257
+    assert tok(ex.contexts[0])["input_ids"][:2] == [257, ctx[1]]  # generation's prompt: one BOS as well
