@@ -94,7 +94,7 @@ def trackio_scalars(project: str) -> dict[str, dict[int, float]]:
 
 def test_every_tracker_holds_tensorboards_scalars(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_SILENT"):
+    for var in ("WANDB_MODE", "WANDB_SILENT"):
         monkeypatch.delenv(var, raising=False)  # hyft sets them; restored after the test
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
     project = f"hyft-test-{uuid.uuid4().hex[:8]}"

@@ -48,12 +48,11 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def offline_env(name: str, out: Path) -> None:
+def offline_env(name: str) -> None:
     """The environment a tracker reads at import: local modes, no network calls, unless the user chose otherwise."""
     if name == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_SILENT", "true")
-        os.environ.setdefault("WANDB_DIR", str(out))
+        os.environ.setdefault("WANDB_SILENT", "true")  # the run's directory is passed to wandb.init, not set here
     elif name == "mlflow":
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     elif name == "trackio":
@@ -62,7 +61,7 @@ def offline_env(name: str, out: Path) -> None:
 
 class WandbSink:
     def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
-        offline_env("wandb", out)
+        offline_env("wandb")
         import wandb
 
         self.run = wandb.init(project=project, name=run_name, dir=str(out), config=config,
@@ -88,7 +87,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 class MlflowSink:
     def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
-        offline_env("mlflow", out)
+        offline_env("mlflow")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -117,7 +116,7 @@ class MlflowSink:
 
 class TrackioSink:
     def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
-        offline_env("trackio", out)
+        offline_env("trackio")
         import trackio
 
         # space_id / server_url stay unset: local SQLite store, no server and no upload
