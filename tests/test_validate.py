@@ -139,7 +139,7 @@ CASES = {
     "unknown dtype": (lambda w, t: [*fresh(w, t), "--model.dtype", "float8"], "--model.dtype: unknown value"),
     "alternating without fo": (lambda w, t: [*fresh(w, t), "--method", "mezo", "--zo.schedule", "alternating"],
                                "'alternating' needs a first-order and a ZO group"),
-    "unknown sink": (lambda w, t: [*fresh(w, t), "--train.report_to", "wandb"], "unknown sink 'wandb'"),
+    "unknown sink": (lambda w, t: [*fresh(w, t), "--train.report_to", "tensorboard,comet"], "unknown value 'comet'"),
     # data files (checked before the model is loaded)
     "missing data dir": (lambda w, t: [*fresh(w, t), "--data.data_dir", str(t / "nowhere")], "file not found"),
     "malformed data file": (

@@ -17,8 +17,8 @@ the Trainer is never subclassed for this. Hooks run in list order: the Trainer's
     on_close(tr)               always, last (also after an error): release what the callback holds
 
 The run's own callbacks, in this order: RunFiles (the output directory's policy and config.yaml), MetricsFile
-(metrics.jsonl), TensorBoard (with train.report_to tensorboard) and RunReport (eval.json, run.json). A new sink is a
-Callback here and a choice on train.report_to (config.py).
+(metrics.jsonl), TensorBoard (with train.report_to tensorboard), Trackers (wandb / mlflow / trackio) and RunReport
+(eval.json, run.json). A new sink is a Callback here and a choice on train.report_to (config.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 from hyft.checkpoint import SUBDIR, remove_stale, set_aside_damaged, storage_error, write_text_atomically
 from hyft.config import save_config
 from hyft.errors import ConfigError
+from hyft.sinks import Sinks
+from hyft.sinks import tag as tb_tag  # TensorBoard's names, which the trackers share
 from hyft.step import StepResult
 
 # The hooks' `tr` is the hyft.trainer.Trainer running the loop; not imported here, even for typing, so this module
@@ -112,19 +114,6 @@ class MetricsFile(Callback):
             raise storage_error(e, tr.out / "metrics.jsonl", f"the metrics of step {record['step']}", then) from None
 
 
-_TB = {"loss": "train/loss", "epoch": "train/epoch", "forwards": "train/forwards", "backwards": "train/backwards"}
-_TB_SECTIONS = (("zo_", "zo/"), ("lr_", "lr/"), ("eval_", "eval/"), ("probe_", "probe/"))
-
-
-def tb_tag(key: str) -> str:
-    if key in _TB:
-        return _TB[key]
-    for prefix, section in _TB_SECTIONS:
-        if key.startswith(prefix):
-            return section + key[len(prefix) :]
-    return f"train/{key}"
-
-
 class TensorBoard(Callback):
     """OUTPUT_DIR/tensorboard (train.report_to tensorboard): every numeric field of every metrics record, and the
     ZO ablation's points at the end."""
@@ -160,6 +149,31 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class Trackers(Callback):
+    """wandb / mlflow / trackio (train.report_to; sinks.py, each in its offline/local mode): the scalars TensorBoard
+    gets, under its names, and the ZO ablation's points at the end."""
+
+    def __init__(self) -> None:
+        self.sinks = Sinks()
+
+    def on_prepare_output(self, tr: Trainer) -> None:
+        t = tr.cfg.train
+        self.sinks = Sinks.open(t.report_to, tr.out, project=t.tracker_project, run_name=t.run_name,
+                                config=tr.cfg.to_dict())  # fmt: skip
+
+    def on_log(self, tr: Trainer, record: dict[str, Any]) -> None:
+        self.sinks.log_record(record, tr.guard.skipped)
+
+    def on_train_end(self, tr: Trainer, info: dict[str, Any]) -> None:
+        ablation = info.get("ablation")
+        if ablation and "skipped" not in ablation:
+            self.sinks.log({f"ablation/{s}_zo_points": r["zo_points"] for s, r in ablation.items()}, tr.step)
+        self.on_close(tr)
+
+    def on_close(self, tr: Trainer) -> None:
+        self.sinks.close()
 
 
 class RunReport(Callback):

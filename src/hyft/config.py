@@ -153,8 +153,14 @@ class TrainConfig:
     save_every: int = _f(0, "write a checkpoint every N steps (0: only the final one); see docs/checkpoints.md")
     keep_checkpoints: int = _f(2, "keep the last K complete checkpoints (0: write none; the run cannot be resumed)")
     report_to: list[str] = _f(
-        [], "metric sinks besides metrics.jsonl: tensorboard (writes OUTPUT_DIR/tensorboard)", choices=("tensorboard",)
+        [],
+        "metric sinks besides metrics.jsonl, the HF Trainer's names: tensorboard (OUTPUT_DIR/tensorboard), wandb "
+        "(offline, OUTPUT_DIR/wandb), mlflow (sqlite:///OUTPUT_DIR/mlflow.db unless MLFLOW_TRACKING_URI), trackio "
+        "(its local store); all get the same scalars (docs/trackers.md)",
+        choices=("tensorboard", "wandb", "mlflow", "trackio"),
     )
+    run_name: str | None = _f(None, "the run's name in wandb / mlflow / trackio; default: the output directory's name")
+    tracker_project: str = _f("hyft", "wandb project, mlflow experiment and trackio project the run is logged under")
     max_bad_steps: int = _f(3, "stop after K consecutive steps with a non-finite loss or ZO gradient (each skipped)")
     loss_bound: float | None = _f(None, "stop the run when the training loss exceeds this (null: no bound)")
     probe_every: int = _f(

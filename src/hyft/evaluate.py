@@ -5,15 +5,17 @@ greedy decoding, exact match and token F1. One entry point, `evaluate_examples`,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hyft.generation import generate_answers, generation_report, is_generation
-from hyft.scoring import Batch, Encoded, calibrate, content_free, encode, token_logprobs
+from hyft.scoring import Batch, Encoded, calibrate, collate, content_free, encode, gather_head_inputs, token_logprobs
 from hyft.tasks.base import Example
 
 
@@ -149,6 +151,34 @@ def accuracy_report(preds: Sequence[int], encoded: Sequence[Encoded]) -> dict:
     return {"n": n, "accuracy": acc, "per_class": dict(sorted(per_class.items()))}
 
 
+def is_lm(examples: Sequence[Example]) -> bool:
+    """Language-modelling examples (an SFT dataset's `text` rows): every token is a target, nothing to choose."""
+    return bool(examples) and all(ex.meta.get("lm") for ex in examples)
+
+
+@torch.no_grad()
+def lm_report(model: nn.Module, head: nn.Module, encoded: Sequence[Encoded], pad_id: int, *, batch_size: int = 64):
+    """Teacher-forced next-token accuracy (TRL's mean_token_accuracy), loss and perplexity over the scored tokens."""
+    device = next(model.parameters()).device
+    nll, correct, n_tok = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(encoded), max(1, batch_size)):
+            batch = collate(encoded[start : start + batch_size], pad_id, only_label=True).to(device)
+            with gather_head_inputs(head, batch.rows, batch.cols, batch.input_ids.shape[1]):
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+            nll -= F.log_softmax(logits, dim=-1).gather(1, batch.targets[:, None]).sum().item()
+            correct += int((logits.argmax(-1) == batch.targets).sum().item())
+            n_tok += batch.targets.numel()
+    finally:
+        model.train(was_training)
+    loss = nll / n_tok if n_tok else float("nan")
+    return {"n": len(encoded), "metric": "token_accuracy", "token_accuracy": correct / n_tok if n_tok else float("nan"),
+            "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": n_tok}  # fmt: skip
+
+
 # -- one entry point ---------------------------------------------------------------------------------------------------
 @dataclass
 class EvalOptions:
@@ -185,6 +215,8 @@ def evaluate_examples(
         return generation_report(preds, examples)
     if encoded is None:
         encoded = [encode(tok, e, opts.max_length) for e in examples]
+    if is_lm(examples):
+        return lm_report(model, head, encoded, tok.pad_token_id, batch_size=opts.batch_size)
     scores = candidate_scores(model, head, encoded, tok.pad_token_id, max_sequences=opts.batch_size)
     raw = argmax_predictions(scores)
     if not opts.calibrate:
@@ -208,11 +240,16 @@ def summary(report: dict[str, Any]) -> str:
     """One line: 'accuracy 0.8125 (n=64)' or 'exact_match 0.4000 f1 0.5512 (n=10)'."""
     if "f1" in report:
         return f"exact_match {report['exact_match']:.4f} f1 {report['f1']:.4f} (n={report['n']})"
+    if report.get("metric") == "token_accuracy":
+        return f"token_accuracy {report['token_accuracy']:.4f} loss {report['loss']:.4f} (n={report['n']})"
     name, value = headline(report)
     return f"{name} {value:.4f} (n={report['n']})"
 
 
 def log_fields(split: str, report: dict[str, Any]) -> dict[str, float]:
     """metrics.jsonl fields of an eval row: eval_dev_accuracy, or eval_dev_exact_match and eval_dev_f1."""
-    keys = ("exact_match", "f1") if "f1" in report else ("accuracy",)
+    if report.get("metric") == "token_accuracy":
+        keys: tuple[str, ...] = ("token_accuracy", "loss")
+    else:
+        keys = ("exact_match", "f1") if "f1" in report else ("accuracy",)
     return {f"eval_{split}_{k}": report[k] for k in keys}

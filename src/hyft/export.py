@@ -8,7 +8,8 @@ peft    OUT/base/                  the ZO-updated base as a plain HF model direc
                                    absolute path of OUT/base, so AutoPeftModelForCausalLM / PeftModel.from_pretrained
                                    and `lm_eval --model hf --model_args pretrained=OUT/base,peft=OUT/adapter` work.
 
-Both write to a temporary sibling directory first and rename it into place when complete.
+Both write to a temporary sibling directory first and rename it into place when complete, with a model card
+(OUT/README.md, model_card.py) saying how the weights were made and how to load them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from hyft.checkpoint import CheckpointError, check_safetensors, find_checkpoint, load_base_model, verify
 from hyft.errors import ConfigError
+from hyft.model_card import write_card
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
@@ -107,6 +109,7 @@ def export(
                 shutil.copytree(c / "adapter", tmp / "adapter")
                 adapter["base_model_name_or_path"] = str((out / "base").resolve())
                 (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(adapter, indent=2), encoding="utf-8")
+            write_card(tmp, c, cfg, kind="peft", adapter=adapter)
         report["peft"] = {"base": str(out / "base"), "adapter": str(out / "adapter") if adapter else None}
     if merged is not None:
         out = Path(merged)
@@ -116,5 +119,6 @@ def export(
 
                 model = PeftModel.from_pretrained(model, str(c / "adapter")).merge_and_unload()
             save_model_dir(model, tok, tmp)
+            write_card(tmp, c, cfg, kind="merged", adapter=adapter)
         report["merged"] = str(out)
     return report

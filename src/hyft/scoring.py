@@ -24,9 +24,17 @@ class Encoded:
 
     pairs: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
     label: int
+    # One-candidate SFT examples (tasks/sft.py): which continuation ids are trained on; None: all. A conversation's
+    # continuation runs from its first assistant turn to the end, and the user turns between are not scored.
+    scored: tuple[bool, ...] | None = None
 
 
 def encode(tok, ex: Example, max_length: int) -> Encoded:
+    if "segments" in ex.meta or "conversation" in ex.meta:
+        from hyft.tasks.sft import encode_segments
+
+        c_ids, t_ids, mask = encode_segments(tok, ex, max_length)
+        return Encoded(((c_ids, t_ids),), 0, None if all(mask) else mask)
     pairs = []
     for ctx, cont in zip(ex.contexts, ex.continuations):
         c_ids = tok(ctx)["input_ids"]
@@ -81,25 +89,27 @@ class Batch:
 
 def collate(encoded: Sequence[Encoded], pad_id: int, *, only_label: bool = False) -> Batch:
     """One padded batch of all candidates of all examples (only the correct one's when only_label)."""
-    seqs, offsets, labels = [], [0], []
+    seqs, offsets, labels, masks = [], [0], [], []
     for e in encoded:
         pairs = [e.pairs[e.label]] if only_label else e.pairs
         seqs.extend(pairs)
+        masks.extend([e.scored] * len(pairs))
         offsets.append(len(seqs))
         labels.append(0 if only_label else e.label)
     width = max(len(c) + len(t) for c, t in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     rows, cols, targets, lengths = [], [], [], []
-    for i, (c, t) in enumerate(seqs):
+    for i, ((c, t), scored) in enumerate(zip(seqs, masks)):
         full = c + t
         ids[i, : len(full)] = torch.tensor(full)
         mask[i, : len(full)] = 1
         start = len(c)
-        rows += [i] * len(t)
-        cols += range(start - 1, start - 1 + len(t))
-        targets += t
-        lengths.append(len(t))
+        keep = range(len(t)) if scored is None else [j for j, s in enumerate(scored) if s]
+        rows += [i] * len(keep)
+        cols += (start - 1 + j for j in keep)
+        targets += (t[j] for j in keep)
+        lengths.append(len(keep))
     as_long = lambda x: torch.tensor(x, dtype=torch.long)
     return Batch(ids, mask, as_long(rows), as_long(cols), as_long(targets), as_long(lengths), offsets, as_long(labels))
 

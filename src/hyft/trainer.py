@@ -22,7 +22,7 @@ from hyft import checkpoint as ckpt
 from hyft import dist as hdist
 from hyft import lock as hlock
 from hyft import scoring
-from hyft.callbacks import Callback, MetricsFile, RunFiles, RunReport, TensorBoard
+from hyft.callbacks import Callback, MetricsFile, RunFiles, RunReport, TensorBoard, Trackers
 from hyft.config import Config
 from hyft.data import DataOrder, load_data
 from hyft.errors import ConfigError, StorageError
@@ -42,7 +42,9 @@ from hyft.optim import HybridOptimizer
 from hyft.partition import Partition, partition
 from hyft.probe import PROBE, Probe, read_probe_rows, summarize, swapped
 from hyft.schedule import lr_factor
+from hyft.sinks import TRACKERS
 from hyft.step import StepResult, hybrid_step, step_counts
+from hyft.tasks.sft import render as render_chat
 from hyft.zo.rng import DATA, mix
 
 
@@ -146,7 +148,8 @@ class Trainer:
         self.train_model = hdist.wrap_ddp(self.model, self.dist)  # what the training forward runs through
         self.loss_sync = hdist.LossSync(self.dist, self.opt)
         self.scheduler = build_scheduler(cfg, self.opt)
-        self.data = data if data is not None else load_data(cfg)
+        # conversations are rendered with the tokenizer's chat template, which validation (no model yet) lacks
+        self.data = render_chat(data if data is not None else load_data(cfg), tokenizer)
         enc = lambda exs: [scoring.encode(tokenizer, e, cfg.data.max_length) for e in exs]
         self.encoded = {s: enc(self.data.split(s)) for s in ("train", "dev", "test")}
         if not self.encoded["train"]:
@@ -168,6 +171,7 @@ class Trainer:
             RunFiles(),
             MetricsFile(),
             *([TensorBoard()] if "tensorboard" in cfg.train.report_to else []),
+            *([Trackers()] if set(cfg.train.report_to) & set(TRACKERS) else []),
             RunReport(),
         ]
         self.callbacks: list[Callback] = [*sinks, *callbacks]

@@ -16,6 +16,7 @@ import torch
 from hyft.config import Config, choices, explicitly_set, field_choices, origin_of
 from hyft.errors import ConfigError
 from hyft.methods import Method, resolve
+from hyft.sinks import check_installed
 
 REPORTERS = choices("train.report_to")
 _DEFAULT = Config()
@@ -70,14 +71,13 @@ def check_config(cfg: Config, *, saved: bool = False) -> Method:
     which lists every key with the defaults of the version that wrote it; it was checked when the run began."""
     for key, allowed in field_choices().items():  # each knob's choices are declared on its config field
         value = _get(cfg, key)
-        if isinstance(value, list):  # train.report_to: checked below, per entry
-            continue
-        if value not in allowed:
-            names = ", ".join(a for a in allowed if a is not None)
-            raise _err(cfg, key, f"unknown value {value!r}; choose from {names}")
-    for r in cfg.train.report_to:
-        if r not in REPORTERS:
-            raise _err(cfg, "train.report_to", f"unknown sink {r!r}; choose from {', '.join(REPORTERS)}")
+        for v in value if isinstance(value, list) else [value]:  # a list field's choices apply to each item
+            if v not in allowed:
+                names = ", ".join(a for a in allowed if a is not None)
+                raise _err(cfg, key, f"unknown value {v!r}; choose from {names}")
+    missing = check_installed(cfg.train.report_to)
+    if missing:
+        raise _err(cfg, "train.report_to", missing)
     if "tensorboard" in cfg.train.report_to:
         try:
             import tensorboard  # noqa: F401
@@ -203,6 +203,9 @@ def validate(cfg: Config, *, resume: bool = False):
     check_model_source(cfg)
     check_output_dir(cfg, resume=resume)
     data = load_data(cfg)
+    if cfg.data.task == "user" and (cfg.data.dataset or {}).get("type") == "sft" and cfg.data.loss != "lm":
+        raise _err(cfg, "data.loss", "an sft dataset trains on its tokens (assistant turns, completions, text); "
+                   "set data.loss: lm")  # fmt: skip
     if not data.train:
         raise ConfigError(f"data: task {data.name!r} has no training examples (data.n_train {cfg.data.n_train})")
     return data

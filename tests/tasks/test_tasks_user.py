@@ -130,10 +130,10 @@ def test_generation_errors(tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"type": "regression"}, "'type' must be 'classification' or 'generation'"),
+        ({"type": "regression"}, r"'type' must be one of \['classification', 'generation', 'sft'\]"),
         ({"prompt_field": "x"}, r"unknown key\(s\) \['prompt_field'\] for type classification"),
         ({"train": None}, "'train' .* is required"),
-        ({"train": 3}, "'train' must be a string"),
+        ({"train": 3}, "'train' must be a path, a glob or a mapping"),
         ({"candidates": [" only"]}, "at least two strings"),
         ({"candidates": [" a", 2]}, r"candidates\[1\] must be a string"),
         ({"candidates": [" a", ""]}, r"candidates\[1\] is empty"),

@@ -57,6 +57,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help=out_help)
     p.add_argument(
+        "--harness",
+        default=None,
+        help="run lm-evaluation-harness tasks (comma-separated) on the model instead of hyft's own scorer; "
+        "see docs/evaluation.md",
+    )
+    p.add_argument(
+        "--harness_include",
+        action="append",
+        default=[],
+        help="directory (or YAML file) of local lm-eval task configs, e.g. for offline data; repeatable",
+    )
+    p.add_argument("--limit", type=int, default=None, help="--harness: examples per task (default all)")
+    p.add_argument("--num_fewshot", type=int, default=None, help="--harness: few-shot examples (default: the task's)")
+    p.add_argument("--apply_chat_template", action="store_true",
+                   help="--harness: render prompts with the tokenizer's chat template")  # fmt: skip
+    p.add_argument(
         "--ablate_zo",
         action="store_true",
         help="run directory of a hybrid run: evaluate its trained PEFT module on the original base and on the "
@@ -177,13 +193,14 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
     from hyft.evaluate import EvalOptions, evaluate_examples
     from hyft.models import output_head
     from hyft.report import mean_std
+    from hyft.tasks.sft import render as render_chat
 
     head = output_head(model)
     opts = EvalOptions.from_config(cfg)
     rows = []
     for seed in seeds:
         t0 = time.perf_counter()
-        data = load_data(replace(cfg, seed=seed))
+        data = render_chat(load_data(replace(cfg, seed=seed)), tok)
         examples = data.split(split)
         if not examples:
             raise ConfigError(f"task {data.name!r} has no {split} examples (check --n_{split} and the data files)")
@@ -191,7 +208,8 @@ def evaluate_task(model, tok, cfg, split: str, seeds: list[int]) -> dict[str, An
         report.update(seed=seed, seconds=round(time.perf_counter() - t0, 3),
                       lines=[e.meta.get("line") for e in examples])  # fmt: skip
         rows.append(report)
-    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1") if k in rows[0]]
+    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1", "token_accuracy", "loss")
+               if k in rows[0]]  # fmt: skip
     summary = {}
     for k in metrics:
         mean, std, n = mean_std(r[k] for r in rows)
@@ -235,7 +253,7 @@ def run_bases(run_dir: Path, cfg):
 
 
 def ablation_row(updated: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
-    metric = next(k for k in ("accuracy", "exact_match", "f1") if k in updated["summary"])
+    metric = next(k for k in ("accuracy", "exact_match", "f1", "token_accuracy") if k in updated["summary"])
     a, b = updated["summary"][metric]["mean"], original["summary"][metric]["mean"]
     return {"task": updated["task"], "metric": metric, "updated_base": a, "original_base": b,
             "zo_points": round(100 * (a - b), 4)}  # fmt: skip
@@ -244,7 +262,7 @@ def ablation_row(updated: dict[str, Any], original: dict[str, Any]) -> dict[str,
 def results_table(results: list[dict[str, Any]]) -> str:
     from hyft.report import fmt_mean_std, text_table
 
-    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1")
+    metrics = [k for k in ("accuracy", "accuracy_uncalibrated", "exact_match", "f1", "token_accuracy", "loss")
                if any(k in r["summary"] for r in results)]  # fmt: skip
     headers = ["task", "seed", "n"] + [m.replace("accuracy_uncalibrated", "uncalibrated") for m in metrics]
     rows = []
@@ -267,6 +285,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise ConfigError(f"hyft eval: unexpected argument(s) {' '.join(rest)}")
+    if args.harness is not None:
+        return run_harness_command(args)
     if args.ablate_zo:  # the run's checkpoint, not an export, holds both bases' information
         run_dir = Path(args.model).expanduser()
         if not is_run_dir(run_dir):
@@ -343,6 +363,50 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         "seconds": round(time.perf_counter() - t0, 3),
     }
     tag = f"{_slug('+'.join(names))}_{args.split}{'_ablate_zo' if args.ablate_zo else ''}"
+    if args.out:
+        path = Path(args.out)
+    elif src.run_dir is not None:
+        path = src.run_dir / f"eval_{tag}.json"
+    else:
+        path = Path("runs") / "eval" / f"{_slug(args.model)}_{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    print(f"[hyft] wrote {path}")
+    return 0
+
+
+def run_harness_command(args: argparse.Namespace) -> int:
+    """hyft eval --harness: lm-eval's tasks on the model --model names (run directory, export, adapter, hub id)."""
+    from hyft.config import load_config
+    from hyft.harness import run_harness, table
+    from hyft.trainer import package_versions
+
+    tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("--harness: no task given")
+    if args.ablate_zo or args.task:
+        raise ConfigError("--harness runs lm-eval's tasks; it does not combine with --task or --ablate_zo")
+    src = find_source(args.model)
+    cfg = load_config(args.config if args.config else src.run_dir / "config.yaml" if src.run_dir else None)
+    for key in ("dtype", "device"):
+        if getattr(args, key) is not None:
+            setattr(cfg.model, key, getattr(args, key))
+    from hyft.harness import _lm_eval
+
+    _lm_eval()  # a missing package is reported before the model loads
+    t0 = time.perf_counter()
+    model, tok = load_source(src, cfg.model)
+    seed = parse_seeds(args.seeds, cfg.seed)[0]
+    res = run_harness(
+        model, tok, tasks, include=args.harness_include, batch_size=args.batch_size or 8, limit=args.limit,
+        num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template, seed=seed,
+        max_length=args.max_length,
+    )  # fmt: skip
+    print(table(res))
+    out = {"model": args.model, "source": {"kind": src.kind, "path": src.path}, "harness": tasks,
+           "include": args.harness_include, **res, "hyft_versions": package_versions(),
+           "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    tag = f"harness_{_slug('+'.join(tasks))}"
     if args.out:
         path = Path(args.out)
     elif src.run_dir is not None:

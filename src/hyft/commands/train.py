@@ -14,7 +14,8 @@ ADD_HELP = False  # -h lists every config key instead
 RESUMABLE = {
     "train.steps", "train.eval_every", "train.eval_batch_size", "train.eval_before", "train.log_every",
     "train.progress", "train.save_every", "train.keep_checkpoints", "train.report_to", "train.max_bad_steps",
-    "train.loss_bound", "train.output_dir", "train.overwrite", "model.device", "data.data_dir",
+    "train.loss_bound", "train.output_dir", "train.overwrite", "model.device", "data.data_dir", "train.run_name",
+    "train.tracker_project",
 }  # fmt: skip
 
 

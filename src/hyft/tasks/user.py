@@ -5,6 +5,9 @@ A spec is a dict (the `dataset:` section of a config), e.g.
     {"type": "classification", "train": "data/train.jsonl", "dev": "data/dev.csv", "test": "data/test.parquet",
      "template": "Review: {text}\\nSentiment:", "candidates": [" negative", " positive"], "label_field": "label"}
     {"type": "generation", "train": "qa.jsonl", "prompt_field": "question", "completion_field": "answer"}
+    {"type": "sft", "train": "chats.jsonl"}     TRL's formats: messages, prompt/completion, text (tasks/sft.py)
+
+`train`, `dev` and `test` are files, globs or `datasets` sources (tasks/sources.py); `columns` renames fields.
 
 docs/tasks.md describes every key.
 """
@@ -17,14 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from hyft.errors import ConfigError
+from hyft.tasks import sources
 from hyft.tasks.base import Example, TaskData, split_protocol
-from hyft.tasks.io import data_error, read_rows
+from hyft.tasks.io import data_error
+from hyft.tasks.sft import sft_builder
 from hyft.tasks.template import Template, value_text
 
-COMMON = {"name", "type", "train", "dev", "test", "format"}
+COMMON = {"name", "type", "train", "dev", "test", "format", "columns"}
 KEYS = {
     "classification": COMMON | {"template", "candidates", "label_field"},
     "generation": COMMON | {"prompt_field", "template", "completion_field", "answers_field"},
+    "sft": COMMON | {"chat_template"},
 }
 Builder = Callable[[Path, int, dict[str, Any]], Example]
 
@@ -44,15 +50,23 @@ def check_spec(spec: Any) -> dict:
         raise ConfigError(f"dataset: expected a mapping of keys, got {type(spec).__name__}")
     kind = spec.get("type")
     if kind not in KEYS:
-        raise ConfigError(f"dataset: 'type' must be 'classification' or 'generation', got {kind!r}")
+        raise ConfigError(f"dataset: 'type' must be one of {list(KEYS)}, got {kind!r}")
     unknown = sorted(set(spec) - KEYS[kind])
     if unknown:
         raise ConfigError(f"dataset: unknown key(s) {unknown} for type {kind}; allowed: {sorted(KEYS[kind])}")
-    for key in ("train", "dev", "test", "format", "name"):
+    for key in ("format", "name", "chat_template"):
         if key in spec and not isinstance(spec[key], (str, Path)) and spec[key] is not None:
             raise ConfigError(f"dataset: '{key}' must be a string, got {type(spec[key]).__name__}")
     if not spec.get("train"):
-        raise ConfigError("dataset: 'train' (a JSONL, CSV, TSV or parquet file) is required")
+        raise ConfigError("dataset: 'train' (a JSONL, CSV, TSV or parquet file, a glob, or {hf: ...}) is required")
+    for key in ("train", "dev", "test"):
+        if spec.get(key) is not None:
+            sources.check_source(key, spec[key])
+    columns = spec.get("columns")
+    if columns is not None and (
+        not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items())
+    ):
+        raise ConfigError("dataset: 'columns' must map old field names to new ones, e.g. {conversations: messages}")
     return spec
 
 
@@ -134,9 +148,17 @@ def generation_builder(spec: dict) -> Builder:
     return build
 
 
-def _resolve(value: str | Path, base_dir: str | Path | None) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+def _chat_template(spec: dict, base_dir: str | Path | None) -> str | None:
+    """dataset.chat_template: Jinja text, or the path of a .jinja file holding it."""
+    value = spec.get("chat_template")
+    if not value:
+        return None
+    if not str(value).endswith(".jinja"):
+        return str(value)
+    path = sources.resolve(str(value), base_dir)
+    if not path.is_file():
+        raise ConfigError(f"dataset.chat_template: {path} not found")
+    return path.read_text(encoding="utf-8")
 
 
 def load_user_task(
@@ -152,14 +174,20 @@ def load_user_task(
     folder), else from the working directory. Without `dev`, dev is sampled from train (disjoint); without
     `test`, the test split is empty."""
     spec = check_spec(spec)
-    build = (classification_builder if spec["type"] == "classification" else generation_builder)(spec)
-    fmt = spec.get("format")
+    if spec["type"] == "sft":
+        build = sft_builder(spec, _chat_template(spec, base_dir))
+    else:
+        build = (classification_builder if spec["type"] == "classification" else generation_builder)(spec)
+    fmt, columns = spec.get("format"), spec.get("columns") or {}
 
     def read(key: str) -> tuple[list[Example] | None, str | None]:
         if not spec.get(key):
             return None, None
-        path = _resolve(spec[key], base_dir)
-        return [build(path, line, row) for line, row in read_rows(path, fmt)], str(path)
+        value = spec[key]
+        rows = sources.read_source(key, value, fmt, base_dir)
+        examples = [build(where, line, sources.rename(where, line, row, columns)) for where, line, row in rows]
+        source = sources.describe(value) if isinstance(value, dict) else str(sources.resolve(value, base_dir))
+        return examples, source
 
     train, train_source = read("train")
     dev, dev_source = read("dev")

@@ -1,0 +1,152 @@
+"""wandb, mlflow and trackio beside TensorBoard, for real and offline: one tiny run reports to all four, and each
+tracker's own store, read back through its own reader, holds exactly TensorBoard's scalars at the same steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hyft.sinks import scalars, tag
+from runs import make_trainer
+
+
+def tensorboard_scalars(run: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    return {k: {e.step: e.value for e in acc.Scalars(k)} for k in acc.Tags()["scalars"]}
+
+
+def wandb_records(run_dir: Path):
+    """The protobuf records of an offline run's .wandb file (W&B's own Record type), read from its LevelDB-style
+    log: 32 KiB blocks of 7-byte-headed chunks (FULL=1, FIRST=2, MIDDLE=3, LAST=4) after a 7-byte file header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, buf = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+            buf = b""
+
+
+def wandb_scalars(out: Path) -> tuple[dict[str, dict[int, float]], dict]:
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    series: dict[str, dict[int, float]] = {}
+    config = {}
+    for r in wandb_records(runs[0]):
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            step = items.pop("_step")
+            for k, v in items.items():
+                if not k.startswith("_"):
+                    series.setdefault(k, {})[step] = float(v)
+        elif kind in ("config", "run"):
+            items = r.config.update if kind == "config" else r.run.config.update
+            config.update({i.key: json.loads(i.value_json) for i in items})
+    return series, config
+
+
+def mlflow_scalars(uri: str, project: str, name: str) -> tuple[dict[str, dict[int, float]], dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(project)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_name == name and run.info.status == "FINISHED"
+    series = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in run.data.metrics}
+    return series, run.data.params
+
+
+def trackio_scalars(project: str) -> dict[str, dict[int, float]]:
+    import trackio
+    from trackio.sqlite_storage import SQLiteStorage
+
+    (run,) = list(trackio.Api().runs(project))
+    series: dict[str, dict[int, float]] = {}
+    for row in SQLiteStorage.get_logs(project, run.name, run_id=run.id):
+        for k, v in row.items():
+            if k not in ("step", "timestamp") and isinstance(v, (int, float)):
+                series.setdefault(k, {})[row["step"]] = float(v)
+    return series
+
+
+def test_every_tracker_holds_tensorboards_scalars(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for var in ("WANDB_MODE", "WANDB_SILENT"):
+        monkeypatch.delenv(var, raising=False)  # hyft sets them; restored after the test
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    project = f"hyft-test-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "run"
+    extra = ["--train.report_to", "tensorboard,wandb,mlflow,trackio", "--train.eval_every", "3",
+             "--train.tracker_project", project, "--train.run_name", "tiny"]  # fmt: skip
+    try:
+        make_trainer(out, "hybrid", 6, extra).fit()
+        assert os.environ["WANDB_MODE"] == "offline"  # set by hyft before wandb was imported
+
+        tb = tensorboard_scalars(out)
+        assert {"train/loss", "zo/projected_grad", "lr/fo", "eval/dev_accuracy"} <= set(tb)
+        assert sorted(tb["train/loss"]) == [2, 4, 6]
+        wb, wb_config = wandb_scalars(out)
+        ml, ml_params = mlflow_scalars(f"sqlite:///{(out / 'mlflow.db').resolve()}", project, "tiny")
+        tr = trackio_scalars(project)
+        for name, got in (("wandb", wb), ("mlflow", ml), ("trackio", tr)):
+            assert set(got) == set(tb), name
+            for k in tb:
+                assert got[k].keys() == tb[k].keys(), (name, k)
+                for step, v in tb[k].items():  # TensorBoard stores float32
+                    assert got[k][step] == pytest.approx(v, rel=1e-6, abs=1e-7), (name, k, step)
+        assert wb_config["zo"].get("value", wb_config["zo"])["lr"] == 1e-3 and ml_params["zo.lr"] == "0.001"
+    finally:
+        import trackio
+
+        trackio.delete_project(project, force=True)
+
+
+def test_scalars_follow_tensorboard_names():
+    rec = {"step": 4, "loss": 0.5, "epoch": 1, "zo_projected_grad": 0.1, "lr_fo": 1e-3, "eval_dev_accuracy": 0.75,
+           "note": "text", "flag": True}  # fmt: skip
+    assert scalars(rec, 0) == {"train/loss": 0.5, "train/epoch": 1.0, "zo/projected_grad": 0.1, "lr/fo": 1e-3,
+                               "eval/dev_accuracy": 0.75}  # fmt: skip
+    assert scalars({"step": 5, "skipped": True, "loss": "nan"}, 2) == {"guard/skipped_steps": 2.0}
+    assert tag("probe_drift") == "probe/drift" and tag("elapsed_s") == "train/elapsed_s"
+
+
+def test_unknown_tracker_is_refused_before_anything_runs(tmp_path):
+    from hyft.config import load_config
+    from hyft.errors import ConfigError
+    from hyft.validate import check_config
+
+    cfg = load_config(None, ["--train.report_to", "wandb,comet"])
+    with pytest.raises(ConfigError, match="--train.report_to: unknown value 'comet'; choose from tensorboard, wandb"):
+        check_config(cfg)
+
+
+def test_a_tracker_without_its_package_is_named_with_the_install_command(monkeypatch):
+    from hyft import sinks
+
+    assert sinks.check_installed(["tensorboard", "wandb", "mlflow", "trackio"]) is None
+    monkeypatch.setitem(sinks.PACKAGES, "mlflow", "no_such_package_hyft")
+    msg = sinks.check_installed(["wandb", "mlflow"])
+    assert msg == "mlflow needs its package: pip install 'hyft[trackers]' (or pip install no_such_package_hyft)"
