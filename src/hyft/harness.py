@@ -19,7 +19,8 @@ from typing import Any
 from hyft.errors import ConfigError
 
 
-def _lm_eval():
+def lm_eval_api():
+    """lm-eval's (HFLM, TaskManager); a ConfigError with the install command when it is missing."""
     try:
         import lm_eval  # noqa: F401
         from lm_eval.models.huggingface import HFLM
@@ -49,7 +50,7 @@ def plain_model(model):
 
 
 def task_manager(tasks: list[str], include: list[str]):
-    _, TaskManager = _lm_eval()
+    _, TaskManager = lm_eval_api()
     for path in include:
         if not Path(path).exists():
             raise ConfigError(f"--harness_include: {path} does not exist")
@@ -81,7 +82,7 @@ def run_harness(
 ) -> dict[str, Any]:
     """lm-eval's results for `tasks` on an already loaded model: {"results": {task: {metric: value}}, ...}, plus
     the per-example samples under "samples"."""
-    HFLM, _ = _lm_eval()
+    HFLM, _ = lm_eval_api()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tm = task_manager(list(tasks), list(include))
     model = plain_model(model)

@@ -279,6 +279,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_")[-80:] or "model"
 
 
+def write_report(out: dict[str, Any], args: argparse.Namespace, src: ModelSource, tag: str) -> Path:
+    """--out, else eval_TAG.json in the run directory evaluated, else runs/eval/MODEL_TAG.json."""
+    if args.out:
+        path = Path(args.out)
+    elif src.run_dir is not None:
+        path = src.run_dir / f"eval_{tag}.json"
+    else:
+        path = Path("runs") / "eval" / f"{_slug(args.model)}_{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    print(f"[hyft] wrote {path}")
+    return path
+
+
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     from hyft.config import load_config
     from hyft.trainer import package_versions
@@ -363,15 +377,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         "seconds": round(time.perf_counter() - t0, 3),
     }
     tag = f"{_slug('+'.join(names))}_{args.split}{'_ablate_zo' if args.ablate_zo else ''}"
-    if args.out:
-        path = Path(args.out)
-    elif src.run_dir is not None:
-        path = src.run_dir / f"eval_{tag}.json"
-    else:
-        path = Path("runs") / "eval" / f"{_slug(args.model)}_{tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print(f"[hyft] wrote {path}")
+    write_report(out, args, src, tag)
     return 0
 
 
@@ -391,9 +397,9 @@ def run_harness_command(args: argparse.Namespace) -> int:
     for key in ("dtype", "device"):
         if getattr(args, key) is not None:
             setattr(cfg.model, key, getattr(args, key))
-    from hyft.harness import _lm_eval
+    from hyft.harness import lm_eval_api
 
-    _lm_eval()  # a missing package is reported before the model loads
+    lm_eval_api()  # a missing package is reported before the model loads
     t0 = time.perf_counter()
     model, tok = load_source(src, cfg.model)
     seed = parse_seeds(args.seeds, cfg.seed)[0]
@@ -407,13 +413,5 @@ def run_harness_command(args: argparse.Namespace) -> int:
            "include": args.harness_include, **res, "hyft_versions": package_versions(),
            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     tag = f"harness_{_slug('+'.join(tasks))}"
-    if args.out:
-        path = Path(args.out)
-    elif src.run_dir is not None:
-        path = src.run_dir / f"eval_{tag}.json"
-    else:
-        path = Path("runs") / "eval" / f"{_slug(args.model)}_{tag}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print(f"[hyft] wrote {path}")
+    write_report(out, args, src, tag)
     return 0
