@@ -297,17 +297,19 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
         return lambda: hybrid_step(opt, loss_fn, [data], schedule=schedule)
 
     variants = [("torch", "gaussian"), ("blocked", "gaussian"), ("blocked", "rademacher")]
-    fns = {"forward": forward, "lora": step_with(HybridOptimizer(model, lora_fo, fo_lr=1e-4), "onesided")}
-    notes = {"forward": "no grad, LoRA model", "lora": "1F+1B"}
-    for kernels, dist in variants:
-        key = f"hybrid onesided {kernels} {dist}"
-        opt = HybridOptimizer(model, lora_fo, hybrid_part.zo, fo_lr=1e-4, zo_lr=1e-7, distribution=dist,
-                              kernels=kernels)  # fmt: skip
-        fns[key], notes[key] = step_with(opt, "onesided"), "2F+1B"
-    for kernels, dist in variants:
-        key = f"mezo {kernels} {dist}"
-        opt = HybridOptimizer(model, zo_params=hybrid_part.zo, zo_lr=1e-7, distribution=dist, kernels=kernels)
-        fns[key], notes[key] = step_with(opt, "central"), "2F, adapters frozen"
+    fns, notes = {}, {}
+    if not args.passes_only:
+        fns = {"forward": forward, "lora": step_with(HybridOptimizer(model, lora_fo, fo_lr=1e-4), "onesided")}
+        notes = {"forward": "no grad, LoRA model", "lora": "1F+1B"}
+        for kernels, dist in variants:
+            key = f"hybrid onesided {kernels} {dist}"
+            opt = HybridOptimizer(model, lora_fo, hybrid_part.zo, fo_lr=1e-4, zo_lr=1e-7, distribution=dist,
+                                  kernels=kernels)  # fmt: skip
+            fns[key], notes[key] = step_with(opt, "onesided"), "2F+1B"
+        for kernels, dist in variants:
+            key = f"mezo {kernels} {dist}"
+            opt = HybridOptimizer(model, zo_params=hybrid_part.zo, zo_lr=1e-7, distribution=dist, kernels=kernels)
+            fns[key], notes[key] = step_with(opt, "central"), "2F, adapters frozen"
     tensors = zo_tensors(model, hybrid_part.zo)
     n = sum(t.param.numel() for t in tensors)
     nbytes = sum(t.param.numel() * t.param.element_size() for t in tensors)
@@ -339,12 +341,12 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
         res.rows[key] = Row(key, statistics.median(ts), None, notes[key])
 
     def per_round(f) -> float:
-        return statistics.median(f(i) for i in range(len(times["forward"])))
+        return statistics.median(f(i) for i in range(len(times["copy of the ZO weights' bytes"])))
 
     T = lambda key, i: times[key][i]  # noqa: E731
     out = res.ratios
     targets = {"rademacher": ("<= 1.15", "<= 1.5"), "gaussian": ("<= 1.3", "<= 3")}
-    for kernels, dist in variants:
+    for kernels, dist in variants if not args.passes_only else ():
         key = f"hybrid onesided {kernels} {dist}"
         value = per_round(lambda i, key=key: T(key, i) / (T("lora", i) + T("forward", i)))
         out.append((f"{key} / (lora + forward)", value, targets[dist][0] if kernels == "blocked" else ""))
@@ -354,11 +356,11 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
             value = per_round(lambda i, key=key: T(key, i) / T("copy of the ZO weights' bytes", i))
             target = targets[dist][1] if kernels == "blocked" and what == "perturb" else ""
             out.append((f"{key} / copy", value, target))
-    for kernels, dist in variants:
+    for kernels, dist in variants if not args.passes_only else ():
         key = f"mezo {kernels} {dist}"
         value = per_round(lambda i, key=key: (T(key, i) - 2 * T("forward", i)) / T("copy of the ZO weights' bytes", i))
         out.append((f"({key} - 2 forwards) / copy", value, "excess in passes at copy speed"))
-    for kernels, dist in variants:
+    for kernels, dist in variants if not args.passes_only else ():
         key = f"mezo {kernels} {dist}"
         out.append((f"{key} / (2 forwards)", per_round(lambda i, key=key: T(key, i) / (2 * T("forward", i))), ""))
     return res
@@ -521,6 +523,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--interleave", action="store_true",
                     help="the CPU rows (torch vs blocked ZO passes), measured interleaved round by round")  # fmt: skip
+    ap.add_argument("--passes_only", action="store_true",
+                    help="with --interleave: only the ZO passes and the copy (seconds, not minutes)")  # fmt: skip
     ap.add_argument(
         "--sweep", action="store_true", help="also time the fused passes at other launch shapes (1st config)"
     )

@@ -22,6 +22,8 @@ the generator's definition: changing it changes every direction.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,7 @@ from typing import Protocol
 
 import torch
 
+from hyft.zo import native
 from hyft.zo.rng import DIRECTION, ROUNDING, generator, mix
 from hyft.zo.tensors import ZOTensor
 from hyft.zo.update import descend
@@ -61,11 +64,22 @@ def nblocks(numel: int) -> int:
     return (numel + BLOCK - 1) // BLOCK
 
 
+def _generator(direction: Direction, tensor_index: int, b: int, device) -> torch.Generator:
+    return generator(mix(DIRECTION, direction.run_seed, direction.step, direction.query, tensor_index, b), device)
+
+
+def block_words(direction: Direction, tensor_index: int, b: int, n: int, words: torch.Tensor) -> torch.Tensor:
+    """The Rademacher sign words of block b (n elements): words[: ceil(n / 64)] (int64), element i is -1 where bit
+    i % 64 of word i // 64 is set."""
+    w = words[: (n + 63) // 64]
+    return w.random_(-(1 << 63), None, generator=_generator(direction, tensor_index, b, words.device))
+
+
 def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.Tensor, scale: float = 1.0) -> None:
     """out[:n] (fp32) <- scale * z of block b (n elements: BLOCK, or fewer for the last block)."""
-    g = generator(mix(DIRECTION, direction.run_seed, direction.step, direction.query, tensor_index, b), out.device)
     o = out[:n]
     if direction.distribution == "gaussian":
+        g = _generator(direction, tensor_index, b, out.device)
         torch.randn(n, generator=g, device=out.device, dtype=torch.float32, out=o)
         if scale != 1.0:
             o.mul_(scale)
@@ -74,8 +88,8 @@ def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.
         # (+-1) * fp32(scale) is fp32(scale) with its sign bit flipped where the random bit is set: exactly what
         # z.mul_(scale) gives, built in the integer domain (three int32 passes over the block; faster here than
         # tables of sign patterns or copysign)
-        nw = (n + 63) // 64
-        words = torch.empty(nw, dtype=torch.int64, device=out.device).random_(-(1 << 63), None, generator=g)
+        words = torch.empty((n + 63) // 64, dtype=torch.int64, device=out.device)
+        block_words(direction, tensor_index, b, n, words)
         halves = words.view(torch.int32)[:, None]  # little-endian: half 2k + j holds bits 32j.. of word k
         shifts = _SHIFTS.to(out.device)
         if n % 64 == 0:
@@ -90,7 +104,11 @@ def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.
     raise ValueError(f"unknown direction distribution {direction.distribution!r}")
 
 
-Job = tuple[int, Callable[[int, int, dict], None]]  # (blocks, work(first_block, stop_block, scratch))
+# (blocks, work(first_block, stop_block, scratch)[, cost of a block relative to drawing its Gaussian z])
+Job = tuple[int, Callable[[int, int, dict], None]] | tuple[int, Callable[[int, int, dict], None], float]
+# Jobs worth less than this many Gaussian blocks (~1.5 ms each here) run on the calling thread: a pool round trip
+# and the GIL hand-offs between the threads' Python parts cost more than they save on a compiled Rademacher pass.
+PARALLEL_MIN = 2.0
 _local = threading.local()  # per thread: reused block buffers
 
 
@@ -104,39 +122,95 @@ def _scratch() -> dict:
 def run_jobs(jobs: Sequence[Job]) -> None:
     """Every job's blocks in contiguous ranges over the pool (one pool for many tensors: small ones too)."""
     global _pool, _pool_size
-    total = sum(n for n, _ in jobs)
+    total = sum(job[0] for job in jobs)
+    cost = sum(job[0] * (job[2] if len(job) > 2 else 1.0) for job in jobs)
     threads = max(1, min(torch.get_num_threads(), total))
-    if threads == 1:
-        for n, work in jobs:
-            work(0, n, _scratch())
+    if threads == 1 or cost < PARALLEL_MIN:
+        for job in jobs:
+            job[1](0, job[0], _scratch())
         return
     with _lock:
         if _pool is None or _pool_size < threads:
             if _pool is not None:
                 _pool.shutdown(wait=True)
             _pool, _pool_size = ThreadPoolExecutor(threads, thread_name_prefix="hyft-zo"), threads
-    # about 4 ranges per thread: the shared CPU is uneven, idle threads pick up the rest
+    # about 4 ranges per thread (the shared CPU is uneven: whoever is free takes the next one), and the calling
+    # thread works too instead of waiting: a pool round trip costs about as much as a small tensor's pass
     size = max(1, -(-total // (threads * 4)))
-    futures = [
-        _pool.submit(_task, work, first, min(n, first + size)) for n, work in jobs for first in range(0, n, size)
-    ]
+    ranges = [(job[1], first, min(job[0], first + size)) for job in jobs for first in range(0, job[0], size)]
+    taken = itertools.count()  # next() on a count is atomic under the GIL
+
+    def drain() -> None:
+        scratch = _scratch()
+        for i in iter(lambda: next(taken), None):
+            if i >= len(ranges):
+                return
+            work, first, stop = ranges[i]
+            work(first, stop, scratch)
+
+    futures = [_pool.submit(drain) for _ in range(min(threads, len(ranges)) - 1)]
+    drain()
     for f in futures:
         f.result()
 
 
-def _task(work, first: int, stop: int) -> None:
-    work(first, stop, _scratch())
+def _cost(distribution: str, compiled: bool) -> float:
+    """A block's cost relative to a Gaussian block (drawing randn dominates); for `PARALLEL_MIN`."""
+    return 1.0 if distribution == "gaussian" else 0.1 if compiled else 0.2
 
 
-def _run(n_blocks: int, work: Callable[[int, int, dict], None]) -> None:
-    run_jobs([(n_blocks, work)])
+def _run(n_blocks: int, work: Callable[[int, int, dict], None], cost: float = 1.0) -> None:
+    run_jobs([(n_blocks, work, cost)])
 
 
-def _buf(scratch: dict, key: str, device: torch.device) -> torch.Tensor:
+def _buf(scratch: dict, key: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     t = scratch.get(key)
     if t is None:
-        t = scratch[key] = torch.empty(BLOCK, dtype=torch.float32, device=device)
+        size = BLOCK if dtype == torch.float32 else BLOCK // 64
+        t = scratch[key] = torch.empty(size, dtype=dtype, device=device)
     return t
+
+
+# The compiled loops (hyft.zo.native) compute what the torch ops below compute, bit for bit, from the same random
+# words / randn blocks; they take fp32 CPU tensors that are contiguous, and the plain update (no momentum, weight
+# decay or master), the default. Everything else runs as torch ops.
+def _native(*tensors: torch.Tensor):
+    if not all(x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() for x in tensors):
+        return None
+    return native.library()
+
+
+def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scale) -> None:
+    n, src, out = flat.numel(), flat.data_ptr(), dst.data_ptr()
+    rademacher = direction.distribution == "rademacher"
+    buf = _buf(scratch, "words" if rademacher else "z", flat.device, torch.int64 if rademacher else torch.float32)
+    for b in range(first, stop):
+        s = b * BLOCK
+        m = min(BLOCK, n - s)
+        if rademacher:
+            block_words(direction, index, b, m, buf)
+            lib.hyft_rad_perturb_f32(src + 4 * s, out + 4 * s, buf.data_ptr(), m, scale)
+        else:
+            block_z(direction, index, b, m, buf)
+            lib.hyft_gauss_perturb_f32(src + 4 * s, out + 4 * s, buf.data_ptr(), m, scale)
+
+
+def _native_update(lib, directions, cs, index, flat, neg_lr, first, stop, scratch) -> None:
+    n, dst, q = flat.numel(), flat.data_ptr(), len(directions)
+    rademacher = directions[0].distribution == "rademacher"
+    dtype = torch.int64 if rademacher else torch.float32
+    bufs = [_buf(scratch, f"{dtype}-{j}", flat.device, dtype) for j in range(q)]
+    ptrs, coeffs = (ctypes.c_void_p * q)(*(x.data_ptr() for x in bufs)), (ctypes.c_float * q)(*cs)
+    update = lib.hyft_rad_update_f32 if rademacher else lib.hyft_gauss_update_f32
+    for b in range(first, stop):
+        s = b * BLOCK
+        m = min(BLOCK, n - s)
+        for direction, buf in zip(directions, bufs):
+            if rademacher:
+                block_words(direction, index, b, m, buf)
+            else:
+                block_z(direction, index, b, m, buf)
+        update(dst + 4 * s, ptrs, coeffs, q, m, neg_lr)
 
 
 def direction(direction: Direction, t: ZOTensor) -> torch.Tensor:
@@ -151,7 +225,7 @@ def direction(direction: Direction, t: ZOTensor) -> torch.Tensor:
             m = min(BLOCK, n - s)
             block_z(direction, t.index, b, m, z[s : s + m])
 
-    _run(nblocks(n), work)
+    _run(nblocks(n), work, _cost(direction.distribution, False))
     return z.view(w.shape)
 
 
@@ -177,7 +251,11 @@ def perturbed_value(t: ZOTensor, direction: Direction, scale: float, out: torch.
     dst = out.view(-1)
     exact = w.dtype == torch.float32
 
+    lib = _native(flat, dst) if exact else None
+
     def work(first, stop, scratch):
+        if lib is not None:
+            return _native_perturb(lib, direction, t.index, flat, dst, first, stop, scratch, scale)
         buf = _buf(scratch, "z", w.device)
         for b in range(first, stop):
             s = b * BLOCK
@@ -188,7 +266,7 @@ def perturbed_value(t: ZOTensor, direction: Direction, scale: float, out: torch.
             else:
                 dst[s : s + m].copy_(buf[:m].add_(flat[s : s + m]))
 
-    _run(nblocks(n), work)
+    _run(nblocks(n), work, _cost(direction.distribution, lib is not None))
     return out
 
 
@@ -217,8 +295,12 @@ def update_job(
     cs = [float(c) for c in coeffs.detach().to(torch.float32)]  # fp32 values, exact as floats
     mom = momentum_buffer.view(-1) if momentum_buffer is not None else None
     mst = master.view(-1) if master is not None else None
+    plain = w.dtype == torch.float32 and mom is None and mst is None and not weight_decay
+    lib = _native(flat) if plain else None
 
     def work(first, stop, scratch):
+        if lib is not None:
+            return _native_update(lib, directions, cs, t.index, flat, -lr, first, stop, scratch)
         d, z = _buf(scratch, "d", w.device), _buf(scratch, "z", w.device)
         for b in range(first, stop):
             s = b * BLOCK
@@ -240,4 +322,4 @@ def update_job(
                 rounding_generator=lambda b=b: generator(mix(ROUNDING, rounding_seed, t.index, b), w.device),
             )  # fmt: skip
 
-    return nblocks(n), work
+    return nblocks(n), work, len(cs) * _cost(directions[0].distribution if directions else "gaussian", lib is not None)
