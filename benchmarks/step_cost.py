@@ -19,8 +19,10 @@ on CPU wall clock. Peak memory: torch.cuda.max_memory_allocated over the method'
 With --interleave (the CPU table) the rows are measured interleaved instead: every round runs each of them once (order
 rotated per round), so that a noisy, shared machine slows all of them alike; each ratio is the median over rounds of
 that round's ratio. All rows then use the LoRA-attached model (MeZO with its adapters frozen), the torch reference
-path ("torch") beside the CPU fast path ("blocked", hyft.zo.blocked). smollm2-135m is the real model (the bundled
-GGUF, dequantized), the others random-initialised.
+path ("torch") beside the CPU fast paths ("blocked", hyft.zo.blocked; "counter", its counter-based generator
+hyft.zo.counter; both through the compiled loops of hyft.zo.native where a C compiler is found, which the header
+says). --passes_only times only the passes and the copy. smollm2-135m is the real model (the bundled GGUF,
+dequantized), the others random-initialised.
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
     def step_with(opt, schedule):
         return lambda: hybrid_step(opt, loss_fn, [data], schedule=schedule)
 
-    variants = [("torch", "gaussian"), ("blocked", "gaussian"), ("blocked", "rademacher")]
+    variants = [("torch", "gaussian"), *((k, d) for k in ("blocked", "counter") for d in ("gaussian", "rademacher"))]
     fns, notes = {}, {}
     if not args.passes_only:
         fns = {"forward": forward, "lora": step_with(HybridOptimizer(model, lora_fo, fo_lr=1e-4), "onesided")}
@@ -324,7 +326,7 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
         def perturb_pass(direction=direction):
             for t in tensors:
                 v = perturbed_value(t, direction, 1e-3)
-                if direction.kernel == "blocked":  # as the perturbed forward does after each module
+                if direction.kernel != "torch":  # as the perturbed forward does after each module
                     blocked.release(v)
 
         def update_pass(direction=direction):
@@ -349,12 +351,12 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
     for kernels, dist in variants if not args.passes_only else ():
         key = f"hybrid onesided {kernels} {dist}"
         value = per_round(lambda i, key=key: T(key, i) / (T("lora", i) + T("forward", i)))
-        out.append((f"{key} / (lora + forward)", value, targets[dist][0] if kernels == "blocked" else ""))
+        out.append((f"{key} / (lora + forward)", value, targets[dist][0] if kernels != "torch" else ""))
     for kernels, dist in variants:
         for what in ("perturb", "update"):
             key = f"{what} pass {kernels} {dist}"
             value = per_round(lambda i, key=key: T(key, i) / T("copy of the ZO weights' bytes", i))
-            target = targets[dist][1] if kernels == "blocked" and what == "perturb" else ""
+            target = targets[dist][1] if kernels != "torch" and what == "perturb" else ""
             out.append((f"{key} / copy", value, target))
     for kernels, dist in variants if not args.passes_only else ():
         key = f"mezo {kernels} {dist}"
@@ -533,7 +535,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
     device = torch.device(args.device)
     args.dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     bench = Bench(device, args.warmup, args.iters)
-    header = versions(device) + f", {args.dtype}"
+    from hyft.zo import native
+
+    header = versions(device) + f", {args.dtype}, {torch.get_num_threads()} threads"
+    if device.type == "cpu":
+        header += f", compiled CPU passes: {'yes' if native.library() else 'no (' + str(native.error()) + ')'}"
     print(header, flush=True)
     results = []
     for spec in args.configs.split(","):

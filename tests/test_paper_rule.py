@@ -24,7 +24,7 @@ from hyft.zo.rng import DIRECTION, generator, mix
 from hyft.zo.sharded import ShardedHybridOptimizer
 
 MU, LR_X, LR_Y, SEED = 1e-3, 1e-2, 5e-2, 3
-BACKENDS = ["torch", "emulate", "blocked", "sharded"]
+BACKENDS = ["torch", "emulate", "blocked", "counter", "sharded"]
 
 
 def _model():

@@ -27,6 +27,11 @@ CASES = {
         ["--zo.kernels", "blocked", "--zo.distribution", "rademacher", "--zo.queries", "2", "--zo.momentum", "0.9"],
     ),
     "bf16-torch-without-the-field": (torch.bfloat16, ["--zo.weight_decay", "0.1"]),
+    "fp32-counter-gaussian": (torch.float32, ["--zo.kernels", "counter"]),
+    "bf16-counter-rademacher-q2": (
+        torch.bfloat16,
+        ["--zo.kernels", "counter", "--zo.distribution", "rademacher", "--zo.queries", "2"],
+    ),
 }
 NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
@@ -47,7 +52,7 @@ def test_replay_rebuilds_the_base_bit_exactly(tmp_path, case, capsys):
     tr.fit()
     c = final_checkpoint(tmp_path / "run")
     doc = json.loads((c / "ledger.json").read_text())
-    assert doc["generator"] == ("blocked" if "blocked" in case else "torch")
+    assert doc["generator"] == next((g for g in ("blocked", "counter") if g in case), "torch")
     if "without" in case:  # the previous format: no field; replay must take the reference generator
         doc.pop("generator")
         _rewrite_ledger(c, doc)
@@ -74,28 +79,31 @@ def _rewrite_ledger(c, doc) -> None:
 def test_the_generators_draw_different_trajectories(tmp_path):
     a = make_trainer(tmp_path / "a", "hybrid", 2, ["--zo.lr", "1e-2"])
     b = make_trainer(tmp_path / "b", "hybrid", 2, ["--zo.lr", "1e-2", "--zo.kernels", "blocked"])
-    a.fit(), b.fit()
-    assert a.opt.generator == "torch" and b.opt.generator == "blocked"
-    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    c = make_trainer(tmp_path / "c", "hybrid", 2, ["--zo.lr", "1e-2", "--zo.kernels", "counter"])
+    a.fit(), b.fit(), c.fit()
+    assert (a.opt.generator, b.opt.generator, c.opt.generator) == ("torch", "blocked", "counter")
+    for x, y in ((a, b), (a, c), (b, c)):
+        assert any(not torch.equal(p, q) for p, q in zip(x.model.parameters(), y.model.parameters()))
 
 
-@pytest.mark.parametrize("kernels", ["blocked", "torch-without-the-field"])
+@pytest.mark.parametrize("kernels", ["blocked", "counter", "torch-without-the-field"])
 def test_resume_is_bit_exact_and_checks_the_generator(tmp_path, kernels):
     extra = ["--train.save_every", "2", "--train.keep_checkpoints", "5", "--zo.lr", "1e-2"]
-    if kernels == "blocked":
-        extra += ["--zo.kernels", "blocked"]
+    fast = kernels in ("blocked", "counter")
+    if fast:
+        extra += ["--zo.kernels", kernels]
     ref = make_trainer(tmp_path / "ref", "hybrid", 5, extra)
     ref.fit()
     run = tmp_path / "run"
     interrupted_copy(tmp_path / "ref", run)
     c = ck.list_checkpoints(run)[0]
-    if kernels != "blocked":  # a checkpoint from before the field, resumed by today's code
+    if not fast:  # a checkpoint from before the field, resumed by today's code
         doc = json.loads((c / "ledger.json").read_text())
         doc.pop("generator")
         _rewrite_ledger(c, doc)
-    # the other generator cannot continue this trajectory: a clear error, nothing lost
-    other = [e for e in extra if e not in ("--zo.kernels", "blocked")]
-    other += [] if kernels == "blocked" else ["--zo.kernels", "blocked"]
+    # another generator cannot continue this trajectory: a clear error, nothing lost
+    other = [e for e in extra if e not in ("--zo.kernels", kernels)]
+    other += ["--zo.kernels", "counter" if kernels == "blocked" else "blocked"]
     with pytest.raises(ck.CheckpointError, match="generator"):
         make_trainer(run, "hybrid", 5, other).resume(run)
     tr = make_trainer(run, "hybrid", 5, extra)

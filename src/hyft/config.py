@@ -79,9 +79,10 @@ class ZOConfig:
         "auto",
         "ZO perturbation/update code: auto (fused Triton kernels when the ZO weights are on CUDA and triton imports, "
         "else torch; env HYFT_ZO_KERNELS overrides), torch (reference, per tensor), triton (fused; error if it "
-        "cannot run) or blocked (CPU fast path: directions per block of a tensor, on a thread pool). The fused "
-        "kernels (counter-based Philox) and blocked draw other directions than torch; the ledger records which",
-        choices=("auto", "torch", "triton", "blocked"),
+        "cannot run), blocked (CPU fast path: directions per block of a tensor, on a thread pool) or counter (the "
+        "CPU fast path with counter-based directions, no Mersenne Twister: the fastest on CPU). The fused kernels "
+        "(counter-based Philox), blocked and counter draw other directions than torch; the ledger records which",
+        choices=("auto", "torch", "triton", "blocked", "counter"),
     )
     scratch: str = _f(
         "block",

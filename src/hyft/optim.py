@@ -13,9 +13,10 @@ and fixed for the run (the ledger records its generator): "torch", the reference
 `hyft.zo.update`, torch.randn directions per tensor); "triton", the fused kernels (`hyft.zo.fused`: one read and one
 write of every weight per pass, many tensors per launch, counter-based Philox directions; "emulate" is the same engine
 with torch math); "blocked", the CPU fast path (the reference's formulas with directions drawn per block of a tensor by
-a thread pool). "auto" takes triton when the ZO tensors are on CUDA and triton is importable (env
-HYFT_ZO_KERNELS=torch|triton|blocked overrides auto), else torch: auto never picks blocked, which draws other
-directions, so CPU runs, their ledgers and checkpoints stay on the reference generator unless asked.
+a thread pool); "counter", the same passes with counter-based directions (`hyft.zo.counter`: no Mersenne Twister, the
+fastest on CPU). "auto" takes triton when the ZO tensors are on CUDA and triton is importable (env
+HYFT_ZO_KERNELS=torch|triton|blocked|counter overrides auto), else torch: auto never picks blocked or counter, which
+draw other directions, so CPU runs, their ledgers and checkpoints stay on the reference generator unless asked.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from hyft.zo import kernels as zk
 from hyft.zo.backend import Backend, Rule
 from hyft.zo.direction import Direction
 from hyft.zo.fused import FusedBackend
-from hyft.zo.reference import BlockedBackend, ReferenceBackend
+from hyft.zo.reference import BlockedBackend, CounterBackend, ReferenceBackend
 from hyft.zo.tensors import ZOTensor, zo_tensors
 
 FO_OPTIMIZERS = choices("fo.optimizer")
 KERNELS = (*choices("zo.kernels"), "emulate")  # emulate: the fused engine with torch math (tests)
 # The direction generator each backend kind draws from, as recorded in the ledger ("generator"; absent: torch).
-GENERATORS = {b.kind: b.generator for b in (ReferenceBackend, FusedBackend, BlockedBackend)}
+GENERATORS = {b.kind: b.generator for b in (ReferenceBackend, FusedBackend, BlockedBackend, CounterBackend)}
 EXCLUDABLE_SHARE = 0.1  # at most this share of the ZO elements is left out for a perturbation that rounds away
 
 
@@ -90,7 +91,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         if fo_optimizer not in FO_OPTIMIZERS:
             raise ValueError(f"unknown FO optimizer {fo_optimizer!r}; choose from {FO_OPTIMIZERS}")
         if kernels not in KERNELS:
-            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:4]}")
+            raise ValueError(f"unknown ZO kernels {kernels!r}; choose from {KERNELS[:-1]}")
         if scratch not in zk.SCOPES:
             raise ValueError(f"unknown ZO scratch scope {scratch!r}; choose from {zk.SCOPES}")
         self.fo: torch.optim.Optimizer | None = None
@@ -162,10 +163,12 @@ class HybridOptimizer(torch.optim.Optimizer):
         if mode == "auto":
             mode = os.environ.get("HYFT_ZO_KERNELS", "auto") or "auto"
             if mode not in KERNELS:
-                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:4]}")
+                raise ValueError(f"HYFT_ZO_KERNELS={mode!r}; choose from {KERNELS[:-1]}")
         keys = (self.zo_tensors, self.seed, self.distribution)
         if mode == "blocked":
             return BlockedBackend(*keys)
+        if mode == "counter":
+            return CounterBackend(*keys)
         if mode == "torch" or not self.zo_tensors:
             return ReferenceBackend(*keys)
         if mode == "auto" and self.zo_tensors[0].param.device.type != "cuda":

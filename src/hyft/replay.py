@@ -60,8 +60,9 @@ def replay(doc: dict[str, Any], model: nn.Module, *, where: str = "ledger") -> d
             )
     seed, dist, momentum = int(doc["seed"]), doc["distribution"], float(doc["momentum"])
     # Ledgers from before the field drew every direction with the reference generator. Other generators than
-    # blocked replay as they did before the field existed (through the reference): not bit-exact for them.
-    kind = "blocked" if doc.get("generator", "torch") == "blocked" else "torch"
+    # blocked and counter replay as they did before the field existed (through the reference): not bit-exact for them.
+    gen = doc.get("generator", "torch")
+    kind = gen if gen in ("blocked", "counter") else "torch"
     for t in base:
         p = params[t["name"]]
         zt = ZOTensor(t["index"], p, ())

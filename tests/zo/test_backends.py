@@ -19,7 +19,7 @@ from hyft.zo.sharded import ShardedBackend
 from hyft.zo.tensors import zo_tensors
 from hyft.zo.update import combine, descend
 
-BACKENDS = ["torch", "blocked", "emulate", "sharded"]
+BACKENDS = ["torch", "blocked", "counter", "emulate", "sharded"]
 EXACT = {"torch", "blocked"}
 
 

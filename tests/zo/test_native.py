@@ -43,12 +43,13 @@ def test_the_library_builds_on_this_machine():
     assert native.library() is not None, native.error()
 
 
+@pytest.mark.parametrize("kernel", blocked.KINDS)
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("n", SIZES)
-def test_perturbed_value_equals_the_torch_ops(dist, n, torch_ops):
+def test_perturbed_value_equals_the_torch_ops(kernel, dist, n, torch_ops):
     t = _tensor(n)
     for scale in (1e-3, -1e-3, 1.0, 0.37):
-        d = Direction(7, 5, 1, dist, "blocked")
+        d = Direction(7, 5, 1, dist, kernel)
         with torch_ops():
             want = _bits(blocked.perturbed_value(t, d, scale))
         got = _bits(blocked.perturbed_value(t, d, scale))
@@ -56,11 +57,12 @@ def test_perturbed_value_equals_the_torch_ops(dist, n, torch_ops):
         assert not torch.equal(got, _bits(t.param))  # it did perturb
 
 
+@pytest.mark.parametrize("kernel", blocked.KINDS)
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("q", [1, 3])
-def test_update_equals_the_torch_ops(dist, n, q, torch_ops):
-    directions = [Direction(7, 5, j, dist, "blocked") for j in range(q)]
+def test_update_equals_the_torch_ops(kernel, dist, n, q, torch_ops):
+    directions = [Direction(7, 5, j, dist, kernel) for j in range(q)]
     coeffs = torch.tensor([0.8, -2.5, 1e-3])[:q]
     for lr in (1e-3, 0.7):
         a, b = _tensor(n, index=2), _tensor(n, index=2)
@@ -71,8 +73,9 @@ def test_update_equals_the_torch_ops(dist, n, q, torch_ops):
         assert not torch.equal(_bits(b.param), _bits(_tensor(n).param))  # it did update
 
 
+@pytest.mark.parametrize("kernel", blocked.KINDS)
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
-def test_compiled_passes_do_not_depend_on_the_number_of_threads(dist):
+def test_compiled_passes_do_not_depend_on_the_number_of_threads(kernel, dist):
     n = 40 * B + 3  # enough blocks that even the compiled Rademacher pass goes to the pool
     before = torch.get_num_threads()
     out = {}
@@ -80,17 +83,18 @@ def test_compiled_passes_do_not_depend_on_the_number_of_threads(dist):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             t = _tensor(n, index=9)
-            v = _bits(blocked.perturbed_value(t, Direction(1, 2, 0, dist, "blocked"), 1e-3))
-            blocked.apply_update(t, [Direction(1, 2, 0, dist, "blocked")], torch.tensor([1.5]), lr=1e-2)
+            v = _bits(blocked.perturbed_value(t, Direction(1, 2, 0, dist, kernel), 1e-3))
+            blocked.apply_update(t, [Direction(1, 2, 0, dist, kernel)], torch.tensor([1.5]), lr=1e-2)
             out[threads] = (v, _bits(t.param))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
 
 
-def test_a_failed_build_falls_back_to_the_same_numbers(monkeypatch, tmp_path):
+@pytest.mark.parametrize("kernel", blocked.KINDS)
+def test_a_failed_build_falls_back_to_the_same_numbers(kernel, monkeypatch, tmp_path):
     t = _tensor(B + 5)
-    d = Direction(3, 1, 0, "rademacher", "blocked")
+    d = Direction(3, 1, 0, "gaussian" if kernel == "counter" else "rademacher", kernel)
     want = _bits(blocked.perturbed_value(t, d, 1e-3))
     monkeypatch.setattr(native, "_state", {})
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
@@ -122,3 +126,15 @@ def test_momentum_weight_decay_and_16_bit_keep_the_torch_ops(monkeypatch):
     blocked.apply_update(half, d, torch.tensor([1.0]), lr=1e-3, rounding_seed=1)
     blocked.perturbed_value(half, d[0], 1e-3)
     assert calls == []
+
+
+@pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
+def test_more_queries_than_the_compiled_counter_update_holds(dist, torch_ops):
+    q = blocked.MAX_COMPILED_QUERIES + 1  # past the compiled loop's stack buffers: the per-block path takes it
+    directions = [Direction(2, 9, j, dist, "counter") for j in range(q)]
+    coeffs = torch.linspace(-1, 1, q)
+    a, b = _tensor(B + 3, index=1), _tensor(B + 3, index=1)
+    with torch_ops():
+        blocked.apply_update(a, directions, coeffs, lr=1e-2)
+    blocked.apply_update(b, directions, coeffs, lr=1e-2)
+    assert torch.equal(_bits(b.param), _bits(a.param))

@@ -15,7 +15,8 @@ from hyft.checkpoint.format import MARKER, CheckpointError, find_checkpoint, sha
 from hyft.checkpoint.weights import base_names
 
 FORMAT = "hyft-ledger/1"
-GENERATORS = ("torch", "philox", "blocked", "chunked")  # "generator" field; absent: torch (ledgers before the field)
+# the "generator" field; absent: torch (ledgers before the field)
+GENERATORS = ("torch", "philox", "blocked", "chunked", "counter")
 LEDGER = "ledger.json"
 
 

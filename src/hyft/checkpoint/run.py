@@ -131,11 +131,12 @@ def load_run(tr: RunState, c: Path) -> Path:
             f"replay it; resume with --model.device {doc['device']}"
         )
     # absent: written before the field, by the reference or (on CUDA) the fused kernels' generator, never blocked
-    gen = doc.get("generator", "torch" if tr.opt.generator == "blocked" else tr.opt.generator)
+    gen = doc.get("generator", "torch" if tr.opt.generator in ("blocked", "counter") else tr.opt.generator)
     if here is not None and doc["updates"] and gen != tr.opt.generator:
         raise CheckpointError(
             f"{c / LEDGER}: the run drew its ZO directions with the {gen} generator, this run with "
-            f"{tr.opt.generator}; resume with the same --zo.kernels (torch: reference, blocked: CPU fast path)"
+            f"{tr.opt.generator}; resume with the same --zo.kernels (torch: reference; blocked, counter: CPU fast "
+            "paths)"
         )
     ledger = [(s, lr, wd, cs) for s, lr, wd, cs in doc["updates"]]
     try:

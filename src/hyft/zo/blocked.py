@@ -31,7 +31,7 @@ from typing import Protocol
 
 import torch
 
-from hyft.zo import native
+from hyft.zo import counter, native
 from hyft.zo.rng import DIRECTION, ROUNDING, generator, mix
 from hyft.zo.tensors import ZOTensor
 from hyft.zo.update import descend
@@ -44,6 +44,10 @@ class Direction(Protocol):
     step: int
     query: int
     distribution: str
+    kernel: str  # "blocked" (a torch.Generator per block) or "counter" (`hyft.zo.counter`)
+
+
+KINDS = ("blocked", "counter")  # the Direction kernels whose perturbation and update run here
 
 
 # 2**18 elements (1 MB of fp32: a block's buffers stay in L2): few enough blocks that seeding a generator per block
@@ -68,10 +72,20 @@ def _generator(direction: Direction, tensor_index: int, b: int, device) -> torch
     return generator(mix(DIRECTION, direction.run_seed, direction.step, direction.query, tensor_index, b), device)
 
 
+def _key(direction: Direction, tensor_index: int) -> int:
+    return mix(DIRECTION, direction.run_seed, direction.step, direction.query, tensor_index)
+
+
 def block_words(direction: Direction, tensor_index: int, b: int, n: int, words: torch.Tensor) -> torch.Tensor:
     """The Rademacher sign words of block b (n elements): words[: ceil(n / 64)] (int64), element i is -1 where bit
-    i % 64 of word i // 64 is set."""
+    i % 64 of word i // 64 is set. From the block's torch.Generator, or for kernel="counter" `hyft.zo.counter`."""
     w = words[: (n + 63) // 64]
+    if getattr(direction, "kernel", "blocked") == "counter":
+        key, first, lib = _key(direction, tensor_index), b * BLOCK // 64, native.library()
+        if lib is not None and w.device.type == "cpu" and w.is_contiguous():
+            lib.hyft_ctr_words(w.data_ptr(), w.numel(), key, first)
+            return w
+        return w.copy_(counter.words(key, first, w.numel(), w.device))
     return w.random_(-(1 << 63), None, generator=_generator(direction, tensor_index, b, words.device))
 
 
@@ -79,8 +93,15 @@ def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.
     """out[:n] (fp32) <- scale * z of block b (n elements: BLOCK, or fewer for the last block)."""
     o = out[:n]
     if direction.distribution == "gaussian":
-        g = _generator(direction, tensor_index, b, out.device)
-        torch.randn(n, generator=g, device=out.device, dtype=torch.float32, out=o)
+        if getattr(direction, "kernel", "blocked") == "counter":
+            key, lib = _key(direction, tensor_index), native.library()
+            if lib is not None and o.device.type == "cpu" and o.is_contiguous():
+                lib.hyft_ctr_gauss(o.data_ptr(), n, key, b * BLOCK)
+            else:
+                o.copy_(counter.gaussian(key, b * BLOCK, n, o.device))
+        else:
+            g = _generator(direction, tensor_index, b, out.device)
+            torch.randn(n, generator=g, device=out.device, dtype=torch.float32, out=o)
         if scale != 1.0:
             o.mul_(scale)
         return
@@ -180,9 +201,16 @@ def _native(*tensors: torch.Tensor):
     return native.library()
 
 
+MAX_COMPILED_QUERIES = 16  # native.c's counter updates keep q z's of one chunk on the stack
+
+
 def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scale) -> None:
     n, src, out = flat.numel(), flat.data_ptr(), dst.data_ptr()
     rademacher = direction.distribution == "rademacher"
+    if direction.kernel == "counter":  # z made as the weights stream by: one call for the whole range
+        s, e = first * BLOCK, min(n, stop * BLOCK)
+        perturb = lib.hyft_ctr_rad_perturb_f32 if rademacher else lib.hyft_ctr_gauss_perturb_f32
+        return perturb(src + 4 * s, out + 4 * s, e - s, scale, _key(direction, index), s)
     buf = _buf(scratch, "words" if rademacher else "z", flat.device, torch.int64 if rademacher else torch.float32)
     for b in range(first, stop):
         s = b * BLOCK
@@ -198,6 +226,11 @@ def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scal
 def _native_update(lib, directions, cs, index, flat, neg_lr, first, stop, scratch) -> None:
     n, dst, q = flat.numel(), flat.data_ptr(), len(directions)
     rademacher = directions[0].distribution == "rademacher"
+    if directions[0].kernel == "counter" and q <= MAX_COMPILED_QUERIES:
+        s, e = first * BLOCK, min(n, stop * BLOCK)
+        keys = (ctypes.c_uint64 * q)(*(_key(d, index) for d in directions))
+        update = lib.hyft_ctr_rad_update_f32 if rademacher else lib.hyft_ctr_gauss_update_f32
+        return update(dst + 4 * s, e - s, keys, (ctypes.c_float * q)(*cs), q, neg_lr, s)
     dtype = torch.int64 if rademacher else torch.float32
     bufs = [_buf(scratch, f"{dtype}-{j}", flat.device, dtype) for j in range(q)]
     ptrs, coeffs = (ctypes.c_void_p * q)(*(x.data_ptr() for x in bufs)), (ctypes.c_float * q)(*cs)

@@ -5,6 +5,7 @@ or which other tensors exist. Three generators draw it (the ledger records which
     torch     the reference: one torch.Generator per tensor, seeded mix(DIRECTION, run_seed, k, j, t)
     fused     counter-based Philox, as the Triton kernels draw it (`hyft.zo.kernels.emulate_direction` in torch)
     blocked   the CPU fast path: one torch.Generator per block of a tensor (`hyft.zo.blocked`)
+    counter   the CPU fast path with z a function of (key, element index) (`hyft.zo.counter`), run by hyft.zo.blocked
 (the FSDP2 backend's row-block generator is `hyft.zo.sharded.ChunkedDirection`, a subclass).
 """
 
@@ -27,7 +28,7 @@ class Direction:
     step: int
     query: int
     distribution: str = "gaussian"  # or "rademacher"
-    kernel: str = "torch"  # whose directions: "torch", "fused" or "blocked" (the module docstring)
+    kernel: str = "torch"  # whose directions: "torch", "fused", "blocked" or "counter" (the module docstring)
 
     def seed(self, tensor_index: int) -> int:
         return mix(DIRECTION, self.run_seed, self.step, self.query, tensor_index)
@@ -35,7 +36,7 @@ class Direction:
     def z(self, t: ZOTensor) -> torch.Tensor:
         """z for tensor t, in fp32 on the tensor's device."""
         w = t.param
-        if self.kernel == "blocked":
+        if self.kernel in blocked.KINDS:
             return blocked.direction(self, t)
         if self.kernel == "fused":
             step_seed = mix(DIRECTION, self.run_seed, self.step)

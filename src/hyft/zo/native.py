@@ -74,8 +74,16 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.hyft_gauss_perturb_f32.argtypes = [p, p, p, i64, f32]
     lib.hyft_rad_update_f32.argtypes = [p, p, p, i32, i64, f32]
     lib.hyft_gauss_update_f32.argtypes = [p, p, p, i32, i64, f32]
-    for f in (lib.hyft_rad_perturb_f32, lib.hyft_gauss_perturb_f32, lib.hyft_rad_update_f32, lib.hyft_gauss_update_f32):
-        f.restype = None
+    lib.hyft_ctr_words.argtypes = [p, i64, ctypes.c_uint64, i64]
+    lib.hyft_ctr_gauss.argtypes = [p, i64, ctypes.c_uint64, i64]
+    lib.hyft_ctr_rad_perturb_f32.argtypes = [p, p, i64, f32, ctypes.c_uint64, i64]
+    lib.hyft_ctr_gauss_perturb_f32.argtypes = [p, p, i64, f32, ctypes.c_uint64, i64]
+    lib.hyft_ctr_rad_update_f32.argtypes = [p, i64, p, p, i32, f32, i64]
+    lib.hyft_ctr_gauss_update_f32.argtypes = [p, i64, p, p, i32, f32, i64]
+    for name in ("rad", "gauss"):
+        for f in (f"{name}_perturb_f32", f"{name}_update_f32", f"ctr_{name}_perturb_f32", f"ctr_{name}_update_f32"):
+            getattr(lib, f"hyft_{f}").restype = None
+    lib.hyft_ctr_words.restype = lib.hyft_ctr_gauss.restype = None
     return lib
 
 

@@ -34,7 +34,7 @@ __all__ = ["Direction", "ZOTensor", "apply_update", "perturbed", "perturbed_valu
 
 def perturbed_value(t: ZOTensor, direction: Direction, scale: float) -> torch.Tensor:
     """w + scale * z, computed in fp32 and rounded once to w's dtype (a new tensor; w is untouched)."""
-    if direction.kernel == "blocked":
+    if direction.kernel in blocked.KINDS:
         return blocked.perturbed_value(t, direction, scale)
     w = t.param.detach()
     # z's own buffer holds the sum: one fresh allocation per tensor, not three (large ones dominate CPU step time).
@@ -68,7 +68,7 @@ def perturbed(tensors: Sequence[ZOTensor], direction: Direction, scale: float) -
             p = module._parameters[name]
             scratch = p.data
             p.data = saved.pop(id(p))
-            if direction.kernel == "blocked" and not torch.is_grad_enabled():  # autograd may still hold it
+            if direction.kernel in blocked.KINDS and not torch.is_grad_enabled():  # autograd may still hold it
                 blocked.release(scratch)
 
     handles = []
@@ -99,7 +99,7 @@ def apply_update(t: ZOTensor, directions: Sequence[Direction], coeffs: torch.Ten
 
     coeffs[j] is projected_grad_j / q. Keywords: those of `hyft.zo.update.reference_update`.
     """
-    if directions and directions[0].kernel == "blocked":
+    if directions and directions[0].kernel in blocked.KINDS:
         blocked.apply_update(t, directions, coeffs, **kw)
     else:
         reference_update(t, directions, coeffs, **kw)

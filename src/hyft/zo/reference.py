@@ -61,3 +61,9 @@ class BlockedBackend(ReferenceBackend):
         # all tensors' blocks in one go: the pool also splits the many small tensors
         jobs = [blocked.update_job(t, directions, coeffs, **self._kw(t, rule, step, state)) for t in self.tensors]
         blocked.run_jobs(jobs)
+
+
+class CounterBackend(BlockedBackend):
+    """The blocked passes with z from `hyft.zo.counter` (no Mersenne Twister: Gaussian passes near memory speed)."""
+
+    kind, generator = "counter", "counter"
