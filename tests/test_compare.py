@@ -512,3 +512,15 @@ def test_compare_reports_probe_columns_and_the_share_panel(saved_model, tmp_path
     )
     two_rows = matplotlib.image.imread(tmp_path / "b" / "plots" / "sst2.png").shape[0]
     assert three_rows > 1.3 * two_rows
+
+
+def test_gpu_study_config_is_valid():
+    spec = load_spec("examples/study_gpu.yaml", overrides=["--data.data_dir", DATA])
+    cells = spec.cells()
+    assert len(cells) == 6 * 4 * 2 and spec.target == "lora-adamw" and spec.eval_every == 500
+    assert {c.task for c in cells} == {"sst2", "rte", "wsc", "wic", "copa", "winogrande"}
+    for c in cells:
+        assert c.config["train"]["steps"] == 5000 and c.config["train"]["save_every"] == 500
+        assert c.config["model"]["device"] == "cuda"
+        if c.method.startswith("hybrid"):
+            assert c.config["zo"]["lr"] == 1e-6
