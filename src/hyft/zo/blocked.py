@@ -18,6 +18,10 @@ The formulas are the reference's, op for op (perturbed value z*s + w rounded onc
 `hyft.zo.update.descend` on each block), so `perturb.apply_update` on a Direction with kernel="blocked" (which lands
 here) is the very same computation that training does, and replay is bit-exact by construction. BLOCK is part of
 the generator's definition: changing it changes every direction.
+
+A Direction with kernel="counter" runs through these same passes with z from `hyft.zo.counter` (a function of the
+element index: there BLOCK only splits the work). The fp32 passes call the compiled loops of `hyft.zo.native` where
+they built, which give the torch ops' numbers bit for bit.
 """
 
 from __future__ import annotations

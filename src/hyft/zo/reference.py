@@ -1,6 +1,7 @@
-"""The torch backends: the reference (hook swap + `hyft.zo.update`, z from one torch.Generator per tensor) and
+"""The torch backends: the reference (hook swap + `hyft.zo.update`, z from one torch.Generator per tensor),
 "blocked", the same formulas with z drawn per block of a tensor by a thread pool (`hyft.zo.blocked`, the CPU fast
-path). The two draw different directions; each is regenerable from (seed, step, query, tensor).
+path), and "counter", blocked's passes with counter-based z (`hyft.zo.counter`). The three draw different directions;
+each is regenerable from (seed, step, query, tensor).
 """
 
 from __future__ import annotations
