@@ -347,8 +347,9 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
 
     T = lambda key, i: times[key][i]  # noqa: E731
     out = res.ratios
+    step_variants = () if args.passes_only else variants  # the step and MeZO rows were not measured
     targets = {"rademacher": ("<= 1.15", "<= 1.5"), "gaussian": ("<= 1.3", "<= 3")}
-    for kernels, dist in variants if not args.passes_only else ():
+    for kernels, dist in step_variants:
         key = f"hybrid onesided {kernels} {dist}"
         value = per_round(lambda i, key=key: T(key, i) / (T("lora", i) + T("forward", i)))
         out.append((f"{key} / (lora + forward)", value, targets[dist][0] if kernels != "torch" else ""))
@@ -358,11 +359,11 @@ def run_config_interleaved(name: str, batch: int, seq: int, args, bench: Bench) 
             value = per_round(lambda i, key=key: T(key, i) / T("copy of the ZO weights' bytes", i))
             target = targets[dist][1] if kernels != "torch" and what == "perturb" else ""
             out.append((f"{key} / copy", value, target))
-    for kernels, dist in variants if not args.passes_only else ():
+    for kernels, dist in step_variants:
         key = f"mezo {kernels} {dist}"
         value = per_round(lambda i, key=key: (T(key, i) - 2 * T("forward", i)) / T("copy of the ZO weights' bytes", i))
         out.append((f"({key} - 2 forwards) / copy", value, "excess in passes at copy speed"))
-    for kernels, dist in variants if not args.passes_only else ():
+    for kernels, dist in step_variants:
         key = f"mezo {kernels} {dist}"
         out.append((f"{key} / (2 forwards)", per_round(lambda i, key=key: T(key, i) / (2 * T("forward", i))), ""))
     return res

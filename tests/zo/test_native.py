@@ -130,7 +130,7 @@ def test_momentum_weight_decay_and_16_bit_keep_the_torch_ops(monkeypatch):
 
 @pytest.mark.parametrize("dist", ["rademacher", "gaussian"])
 def test_more_queries_than_the_compiled_counter_update_holds(dist, torch_ops):
-    q = blocked.MAX_COMPILED_QUERIES + 1  # past the compiled loop's stack buffers: the per-block path takes it
+    q = native.library().max_queries + 1  # past the compiled loop's stack buffers: the per-block path takes it
     directions = [Direction(2, 9, j, dist, "counter") for j in range(q)]
     coeffs = torch.linspace(-1, 1, q)
     a, b = _tensor(B + 3, index=1), _tensor(B + 3, index=1)

@@ -129,8 +129,8 @@ def block_z(direction: Direction, tensor_index: int, b: int, n: int, out: torch.
     raise ValueError(f"unknown direction distribution {direction.distribution!r}")
 
 
-# (blocks, work(first_block, stop_block, scratch)[, cost of a block relative to drawing its Gaussian z])
-Job = tuple[int, Callable[[int, int, dict], None]] | tuple[int, Callable[[int, int, dict], None], float]
+# (blocks, work(first_block, stop_block, scratch), cost of a block relative to drawing its Gaussian z)
+Job = tuple[int, Callable[[int, int, dict], None], float]
 # Jobs worth less than this many Gaussian blocks (~1.5 ms each here) run on the calling thread: a pool round trip
 # and the GIL hand-offs between the threads' Python parts cost more than they save on a compiled Rademacher pass.
 PARALLEL_MIN = 2.0
@@ -147,12 +147,11 @@ def _scratch() -> dict:
 def run_jobs(jobs: Sequence[Job]) -> None:
     """Every job's blocks in contiguous ranges over the pool (one pool for many tensors: small ones too)."""
     global _pool, _pool_size
-    total = sum(job[0] for job in jobs)
-    cost = sum(job[0] * (job[2] if len(job) > 2 else 1.0) for job in jobs)
+    total = sum(n for n, _, _ in jobs)
     threads = max(1, min(torch.get_num_threads(), total))
-    if threads == 1 or cost < PARALLEL_MIN:
-        for job in jobs:
-            job[1](0, job[0], _scratch())
+    if threads == 1 or sum(n * cost for n, _, cost in jobs) < PARALLEL_MIN:
+        for n, work, _ in jobs:
+            work(0, n, _scratch())
         return
     with _lock:
         if _pool is None or _pool_size < threads:
@@ -162,7 +161,7 @@ def run_jobs(jobs: Sequence[Job]) -> None:
     # about 4 ranges per thread (the shared CPU is uneven: whoever is free takes the next one), and the calling
     # thread works too instead of waiting: a pool round trip costs about as much as a small tensor's pass
     size = max(1, -(-total // (threads * 4)))
-    ranges = [(job[1], first, min(job[0], first + size)) for job in jobs for first in range(0, job[0], size)]
+    ranges = [(work, first, min(n, first + size)) for n, work, _ in jobs for first in range(0, n, size)]
     taken = itertools.count()  # next() on a count is atomic under the GIL
 
     def drain() -> None:
@@ -188,6 +187,13 @@ def _run(n_blocks: int, work: Callable[[int, int, dict], None], cost: float = 1.
     run_jobs([(n_blocks, work, cost)])
 
 
+def _spans(first: int, stop: int, n: int):
+    """(block, its first element, its length) for blocks first .. stop - 1 of an n-element tensor."""
+    for b in range(first, stop):
+        s = b * BLOCK
+        yield b, s, min(BLOCK, n - s)
+
+
 def _buf(scratch: dict, key: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     t = scratch.get(key)
     if t is None:
@@ -205,9 +211,6 @@ def _native(*tensors: torch.Tensor):
     return native.library()
 
 
-MAX_COMPILED_QUERIES = 16  # native.c's counter updates keep q z's of one chunk on the stack
-
-
 def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scale) -> None:
     n, src, out = flat.numel(), flat.data_ptr(), dst.data_ptr()
     rademacher = direction.distribution == "rademacher"
@@ -216,9 +219,7 @@ def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scal
         perturb = lib.hyft_ctr_rad_perturb_f32 if rademacher else lib.hyft_ctr_gauss_perturb_f32
         return perturb(src + 4 * s, out + 4 * s, e - s, scale, _key(direction, index), s)
     buf = _buf(scratch, "words" if rademacher else "z", flat.device, torch.int64 if rademacher else torch.float32)
-    for b in range(first, stop):
-        s = b * BLOCK
-        m = min(BLOCK, n - s)
+    for b, s, m in _spans(first, stop, n):
         if rademacher:
             block_words(direction, index, b, m, buf)
             lib.hyft_rad_perturb_f32(src + 4 * s, out + 4 * s, buf.data_ptr(), m, scale)
@@ -230,7 +231,7 @@ def _native_perturb(lib, direction, index, flat, dst, first, stop, scratch, scal
 def _native_update(lib, directions, cs, index, flat, neg_lr, first, stop, scratch) -> None:
     n, dst, q = flat.numel(), flat.data_ptr(), len(directions)
     rademacher = directions[0].distribution == "rademacher"
-    if directions[0].kernel == "counter" and q <= MAX_COMPILED_QUERIES:
+    if directions[0].kernel == "counter" and q <= lib.max_queries:
         s, e = first * BLOCK, min(n, stop * BLOCK)
         keys = (ctypes.c_uint64 * q)(*(_key(d, index) for d in directions))
         update = lib.hyft_ctr_rad_update_f32 if rademacher else lib.hyft_ctr_gauss_update_f32
@@ -239,9 +240,7 @@ def _native_update(lib, directions, cs, index, flat, neg_lr, first, stop, scratc
     bufs = [_buf(scratch, f"{dtype}-{j}", flat.device, dtype) for j in range(q)]
     ptrs, coeffs = (ctypes.c_void_p * q)(*(x.data_ptr() for x in bufs)), (ctypes.c_float * q)(*cs)
     update = lib.hyft_rad_update_f32 if rademacher else lib.hyft_gauss_update_f32
-    for b in range(first, stop):
-        s = b * BLOCK
-        m = min(BLOCK, n - s)
+    for b, s, m in _spans(first, stop, n):
         for direction, buf in zip(directions, bufs):
             if rademacher:
                 block_words(direction, index, b, m, buf)
@@ -257,9 +256,7 @@ def direction(direction: Direction, t: ZOTensor) -> torch.Tensor:
     z = torch.empty(n, dtype=torch.float32, device=w.device)
 
     def work(first, stop, scratch):
-        for b in range(first, stop):
-            s = b * BLOCK
-            m = min(BLOCK, n - s)
+        for b, s, m in _spans(first, stop, n):
             block_z(direction, t.index, b, m, z[s : s + m])
 
     _run(nblocks(n), work, _cost(direction.distribution, False))
@@ -288,15 +285,13 @@ def perturbed_value(t: ZOTensor, direction: Direction, scale: float, out: torch.
     dst = out.view(-1)
     exact = w.dtype == torch.float32
 
-    lib = _native(flat, dst) if exact else None
+    lib = _native(flat, dst)
 
     def work(first, stop, scratch):
         if lib is not None:
             return _native_perturb(lib, direction, t.index, flat, dst, first, stop, scratch, scale)
         buf = _buf(scratch, "z", w.device)
-        for b in range(first, stop):
-            s = b * BLOCK
-            m = min(BLOCK, n - s)
+        for b, s, m in _spans(first, stop, n):
             block_z(direction, t.index, b, m, buf, scale)
             if exact:
                 torch.add(buf[:m], flat[s : s + m], out=dst[s : s + m])
@@ -339,9 +334,7 @@ def update_job(
         if lib is not None:
             return _native_update(lib, directions, cs, t.index, flat, -lr, first, stop, scratch)
         d, z = _buf(scratch, "d", w.device), _buf(scratch, "z", w.device)
-        for b in range(first, stop):
-            s = b * BLOCK
-            m = min(BLOCK, n - s)
+        for b, s, m in _spans(first, stop, n):
             dm = d[:m]
             for j, (direction, c) in enumerate(zip(directions, cs)):
                 # z * c as the reference forms it (z.mul_(c)); for +-1 that is exact, so it is drawn pre-scaled

@@ -202,11 +202,15 @@ void hyft_ctr_gauss_perturb_f32(const float *restrict w, float *restrict out, in
     }
 }
 
+/* the counter updates keep q chunks of z on the stack: q <= MAX_QUERIES (hyft_max_queries tells the caller) */
+enum { MAX_QUERIES = 16 };
+
+int hyft_max_queries(void) { return MAX_QUERIES; }
+
 void hyft_ctr_rad_update_f32(float *restrict w, int64_t n, const uint64_t *keys, const float *c, int q, float neg_lr,
                              int64_t first) {
-    enum { Q = 16 };
-    uint64_t words[Q][CH];
-    const uint64_t *ptrs[Q];
+    uint64_t words[MAX_QUERIES][CH];
+    const uint64_t *ptrs[MAX_QUERIES];
     for (int j = 0; j < q; j++) ptrs[j] = words[j];
     for (int64_t i = 0; i < n; i += 64 * CH) {
         const int64_t len = n - i < 64 * CH ? n - i : 64 * CH;
@@ -217,9 +221,8 @@ void hyft_ctr_rad_update_f32(float *restrict w, int64_t n, const uint64_t *keys,
 
 void hyft_ctr_gauss_update_f32(float *restrict w, int64_t n, const uint64_t *keys, const float *c, int q,
                                float neg_lr, int64_t first) {
-    enum { Q = 16 };
-    float z[Q][2 * CH];
-    const float *ptrs[Q];
+    float z[MAX_QUERIES][2 * CH];
+    const float *ptrs[MAX_QUERIES];
     for (int j = 0; j < q; j++) ptrs[j] = z[j];
     for (int64_t i = 0; i < n; i += 2 * CH) {
         const int64_t len = n - i < 2 * CH ? n - i : 2 * CH;

@@ -84,6 +84,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         for f in (f"{name}_perturb_f32", f"{name}_update_f32", f"ctr_{name}_perturb_f32", f"ctr_{name}_update_f32"):
             getattr(lib, f"hyft_{f}").restype = None
     lib.hyft_ctr_words.restype = lib.hyft_ctr_gauss.restype = None
+    lib.hyft_max_queries.argtypes, lib.hyft_max_queries.restype = [], ctypes.c_int
+    lib.max_queries = lib.hyft_max_queries()  # more queries than this: hyft.zo.blocked's per-block path
     return lib
 
 

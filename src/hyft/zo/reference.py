@@ -46,7 +46,7 @@ class ReferenceBackend:
 
         def job(t: ZOTensor):
             kw = self._kw(t, rule, step, state)
-            return 1, lambda first, stop, scratch: reference_update(t, directions, coeffs, **kw)
+            return 1, lambda first, stop, scratch: reference_update(t, directions, coeffs, **kw), 1.0
 
         # each tensor has its own generators: tensors updated side by side in the pool give the very same numbers
         blocked.run_jobs([job(t) for t in self.tensors])
