@@ -3,6 +3,7 @@ import torch
 
 from conftest import byte_tokenizer
 from hyft.config import PeftConfig, load_config
+from hyft.errors import ConfigError
 from hyft.models import adapter_parameters, attach_peft, smollm2_gguf
 from hyft.trainer import Trainer
 
@@ -49,3 +50,64 @@ def test_lora_targets_can_be_overridden():
 def test_bundled_smollm2_gguf_is_found():
     path = smollm2_gguf()
     assert path.is_file() and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def _prompt_table(model):
+    return model.prompt_encoder[model.active_adapter].embedding.weight.detach()
+
+
+def test_prompt_init_sample_vocab_rows_are_token_embeddings_and_random_is_peft_default():
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    model = attach_peft(tiny_model("llama"), "prompt", PeftConfig(virtual_tokens=6, prompt_init="sample_vocab"))
+    vocab = model.get_input_embeddings().weight.detach()
+    table = _prompt_table(model)
+    for row in table:  # every virtual token is one row of the embedding table, exactly
+        assert (vocab == row).all(dim=1).any()
+    torch.manual_seed(0)
+    rand = _prompt_table(attach_peft(tiny_model("llama"), "prompt", PeftConfig(virtual_tokens=6)))
+    assert not any((vocab == row).all(dim=1).any() for row in rand)
+    assert 0.5 < rand.std().item() < 2.0  # N(0, 1), peft's RANDOM
+
+
+def test_prompt_init_text_uses_the_run_tokenizer_repeated_to_length():
+    from conftest import tiny_model
+
+    tok = byte_tokenizer()
+    cfg = PeftConfig(virtual_tokens=7, prompt_init="text", prompt_init_text="abc")
+    model = attach_peft(tiny_model("llama"), "prompt", cfg, tok)
+    ids = tok("abc", add_special_tokens=False)["input_ids"]
+    want = model.get_input_embeddings().weight.detach()[(ids * 3)[:7]]
+    assert torch.equal(_prompt_table(model), want)
+    with pytest.raises(ConfigError, match="tokenizer"):
+        attach_peft(tiny_model("llama"), "prompt", cfg)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "prefix", "--peft.prompt_init", "sample_vocab"], "prompt tuning only"),
+        (["--method", "prompt", "--peft.prompt_init", "text"], "needs the text itself"),
+        (["--method", "prompt", "--peft.prompt_init_text", "hi"], "set it to text"),
+        (["--method", "prompt", "--peft.prompt_init", "vocab"], "prompt_init"),
+    ],
+)
+def test_prompt_init_contradictions_are_config_errors(args, message):
+    from hyft.validate import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(load_config(None, args))
+
+
+def test_a_trained_text_initialised_prompt_run_steps(tmp_path):
+    from conftest import tiny_model
+
+    args = [
+        "--method", "hybrid", "--peft.type", "prompt", "--peft.virtual_tokens", "4", "--peft.prompt_init", "text",
+        "--peft.prompt_init_text", "great", "--data.data_dir", "tests/fixtures/data", "--data.n_train", "16",
+        "--data.n_dev", "0", "--data.n_test", "4", "--train.steps", "2", "--train.batch_size", "4",
+        "--train.output_dir", str(tmp_path), "--train.progress", "false", "--train.eval_before", "false",
+    ]  # fmt: skip
+    info = Trainer(load_config(None, args), model=tiny_model("llama"), tokenizer=byte_tokenizer()).fit()
+    assert info["params"]["fo_params"] == 4 * tiny_model("llama").config.hidden_size

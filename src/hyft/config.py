@@ -47,6 +47,14 @@ class PeftConfig:
     dropout: float = _f(0.0, "LoRA dropout")
     target_modules: list[str] | None = _f(None, "LoRA targets; default: peft's per-architecture choice (q, v)")
     virtual_tokens: int = _f(10, "number of virtual tokens for prefix / prompt tuning")
+    prompt_init: str = _f(
+        "random",
+        "prompt tuning's initial virtual tokens: random (peft's default, N(0, 1) entries: on SmolLM2-135M rows of "
+        "norm ~24 against ~3.2 for its token embeddings), sample_vocab (the embeddings of random vocabulary tokens, "
+        "Lester et al. 2021) or text (the embeddings of prompt_init_text's tokens, repeated or cut to length)",
+        choices=("random", "sample_vocab", "text"),
+    )
+    prompt_init_text: str | None = _f(None, "prompt_init text: the text whose token embeddings start the prompt")
 
 
 @dataclass

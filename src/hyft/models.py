@@ -107,8 +107,9 @@ def prepare_tokenizer(tok) -> None:
     tok.padding_side = "right"
 
 
-def attach_peft(model: nn.Module, peft_type: str, cfg) -> nn.Module:
-    """Wrap with a peft module of `peft_type` (none returns the model unchanged)."""
+def attach_peft(model: nn.Module, peft_type: str, cfg, tokenizer=None) -> nn.Module:
+    """Wrap with a peft module of `peft_type` (none returns the model unchanged). Prompt tuning starts from
+    cfg.prompt_init; its text init tokenizes with `tokenizer` (the run's own, so no hub lookup)."""
     if peft_type == "none":
         return model
     import peft
@@ -124,13 +125,33 @@ def attach_peft(model: nn.Module, peft_type: str, cfg) -> nn.Module:
     elif peft_type == "prefix":
         pc = peft.PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
     elif peft_type == "prompt":
-        pc = peft.PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
+        # peft's TEXT init loads a tokenizer by name (a hub lookup); text is done below with the run's tokenizer.
+        init = peft.PromptTuningInit.SAMPLE_VOCAB if cfg.prompt_init == "sample_vocab" else peft.PromptTuningInit.RANDOM
+        pc = peft.PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM",
+                                     prompt_tuning_init=init)  # fmt: skip
     else:
         raise ConfigError(f"peft.type: unknown PEFT module {peft_type!r}")
     try:
-        return peft.get_peft_model(model, pc)
+        wrapped = peft.get_peft_model(model, pc)
     except ValueError as e:
         raise ConfigError(f"peft: {e}") from None
+    if peft_type == "prompt" and cfg.prompt_init == "text":
+        init_prompt_from_text(wrapped, tokenizer, cfg.prompt_init_text, cfg.virtual_tokens)
+    return wrapped
+
+
+@torch.no_grad()
+def init_prompt_from_text(model: nn.Module, tokenizer, text: str, n: int) -> None:
+    """Set the virtual tokens to the input embeddings of `text`'s tokens, repeated or cut to n (peft's TEXT rule)."""
+    if tokenizer is None:
+        raise ConfigError("peft.prompt_init: text needs the model's tokenizer")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"peft.prompt_init_text: {text!r} has no tokens")
+    ids = (ids * (n // len(ids) + 1))[:n]
+    emb = model.get_input_embeddings()
+    table = model.prompt_encoder[model.active_adapter].embedding.weight
+    table.copy_(emb(torch.tensor(ids, device=emb.weight.device)).to(table.dtype))
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -134,7 +134,7 @@ class Trainer:
         if model is None:
             model, tokenizer = load_model(self.dist.model_config(cfg.model))
         self.tokenizer = tokenizer
-        self.model = attach_peft(model, self.method.peft, cfg.peft)
+        self.model = attach_peft(model, self.method.peft, cfg.peft, tokenizer)
         sharded = self.dist.strategy == "fsdp"
         if sharded and cfg.train.keep_checkpoints > 0:
             # Checkpoints store plain tensors; gathering FSDP2 shards into them is not built yet.

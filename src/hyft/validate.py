@@ -118,6 +118,13 @@ def check_config(cfg: Config, *, saved: bool = False) -> Method:
         )
     if t.probe_every and cfg.dist.strategy == "fsdp":
         raise _err(cfg, "train.probe_every", "probes are not supported under FSDP2 (sharded base weights); pass 0")
+    p = cfg.peft
+    if p.prompt_init != "random" and method.peft != "prompt":
+        raise _err(cfg, "peft.prompt_init", f"{p.prompt_init!r} applies to prompt tuning only, not {method.peft!r}")
+    if p.prompt_init == "text" and not p.prompt_init_text:
+        raise _err(cfg, "peft.prompt_init", "text needs the text itself (peft.prompt_init_text)")
+    if p.prompt_init_text and p.prompt_init != "text":
+        raise _err(cfg, "peft.prompt_init_text", f"given, but peft.prompt_init is {p.prompt_init!r}; set it to text")
     if t.save_every and not t.keep_checkpoints:
         raise _err(cfg, "train.save_every", f"{t.save_every} with train.keep_checkpoints 0 would write nothing")
     return method

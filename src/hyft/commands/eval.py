@@ -229,7 +229,7 @@ def run_bases(run_dir: Path, cfg):
     c = ckpt.find_checkpoint(run_dir)
     ckpt.verify(c)
     model, tok = load_model(cfg.model)
-    model = attach_peft(model, resolve(cfg).peft, cfg.peft)
+    model = attach_peft(model, resolve(cfg).peft, cfg.peft, tok)
     if ckpt.is_peft(model):
         ckpt.load_adapter(model, c / "adapter")
     model.eval()
