@@ -290,8 +290,11 @@ class CurveRecorder(Callback):
 
     def on_evaluate(self, tr: Trainer, report: dict[str, Any]) -> None:
         name, value = headline(report)
-        self._curve(tr, {"step": tr.step, "split": report["split"], "metric": name, "value": value, "n": report["n"],
-                         "train_s": self.train_seconds})  # fmt: skip
+        record = {"step": tr.step, "split": report["split"], "metric": name, "value": value, "n": report["n"],
+                  "train_s": self.train_seconds}  # fmt: skip
+        if "correct" in report:  # per example, for the paired tests of hyft.pairs
+            record["correct"] = report["correct"]
+        self._curve(tr, record)
 
 
 def run_cell_in_process(
@@ -587,6 +590,9 @@ def write_reports(spec: CompareSpec, failures: dict[str, str] | None = None) -> 
     write_atomic(spec.out / "compare.md", markdown(spec, rows))
     write_atomic(spec.out / "compare.json", json.dumps({"rows": rows, "failures": failures}, indent=1))
     pngs = plots(spec, rows)
+    from hyft import pairs  # each hybrid against its FO twin, paired (pairs.csv, pairs.md, plots/<task>_pairs.png)
+
+    pngs += pairs.write(spec, spec.out)["plots"]
     return {"csv": spec.out / "compare.csv", "markdown": spec.out / "compare.md", "plots": pngs}
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from hyft.generation import generate_answers, generation_report, is_generation
 from hyft.scoring import Batch, Encoded, calibrate, collate, content_free, encode, gather_head_inputs, token_logprobs
 from hyft.tasks.base import Example
+from hyft.tasks.metrics import correct_string
 
 
 def candidate_inputs(e: Encoded) -> list[tuple[int, ...]]:
@@ -148,7 +149,8 @@ def accuracy_report(preds: Sequence[int], encoded: Sequence[Encoded]) -> dict:
         per_class.setdefault(str(p), {"n": 0, "correct": 0, "predicted": 0})["predicted"] += 1
     n = len(labels)
     acc = sum(int(p == y) for p, y in zip(preds, labels)) / n if n else float("nan")
-    return {"n": n, "accuracy": acc, "per_class": dict(sorted(per_class.items()))}
+    correct = correct_string(p == y for p, y in zip(preds, labels))
+    return {"n": n, "accuracy": acc, "per_class": dict(sorted(per_class.items())), "correct": correct}
 
 
 def is_lm(examples: Sequence[Example]) -> bool:

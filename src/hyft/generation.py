@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hyft.tasks.base import Example
-from hyft.tasks.metrics import exact_match, token_f1
+from hyft.tasks.metrics import correct_string, exact_match, token_f1
 
 
 def is_generation(examples: Sequence[Example]) -> bool:
@@ -112,6 +112,7 @@ def generation_report(preds: Sequence[str], examples: Sequence[Example], *, samp
         "metric": "exact_match",
         "exact_match": sum(em) / n if n else float("nan"),
         "f1": sum(f1) / n if n else float("nan"),
+        "correct": correct_string(e >= 1.0 for e in em),
         "samples": [
             {"prompt": ex.contexts[0][-200:], "prediction": p, "answers": list(ex.meta["answers"])}
             for p, ex in list(zip(preds, examples))[:samples]

@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry_run", action="store_true", help="list the cells and which are finished, run nothing")
     p.add_argument("--report_only", action="store_true", help="rebuild CSV, table and plots from finished cells")
+    p.add_argument("--progress", action="store_true",
+                   help="read a study while it runs (no lock, nothing in the study's own files changes): each cell's "
+                        "step and last dev accuracy, and each hybrid against its FO twin up to the last step both "
+                        "reached, written to OUT/progress/ (pairs.csv, pairs.md, plots)")  # fmt: skip
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             print(f"{state} {c.key}  {c.dir}")
         print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
         return 0
+    if args.progress:
+        return progress(spec)
     from hyft import lock  # one writer per study folder (faults helper: hyft/lock.py)
 
     lock.acquire(spec.out, "hyft compare")  # held until this process ends; refused while another one holds it
@@ -65,3 +71,24 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     print(f"[hyft] wrote {paths['csv']}, {paths['markdown']}, {len(paths['plots'])} plot(s) in {spec.out / 'plots'}")
     print((spec.out / "compare.md").read_text(encoding="utf-8"))
     return 1 if not args.report_only and paths.get("failures") else 0
+
+
+def progress(spec) -> int:
+    from hyft import pairs
+    from hyft.compare import read_curve
+    from hyft.report import text_table
+
+    rows = []
+    for c in spec.cells():
+        curve = read_curve(c.dir)
+        steps = max((r["step"] for r in curve if "loss" in r), default=0)
+        dev = [r for r in curve if r.get("split") == "dev"]
+        state = "done" if c.done else "running" if curve else "pending"
+        rows.append([c.key, state, steps, dev[-1]["step"] if dev else "—", dev[-1]["value"] if dev else None])
+    print(text_table(["cell", "state", "step", "last dev step", "dev"], rows))
+    out = pairs.write(spec, spec.out / "progress")
+    if out["rows"]:
+        print()
+        print(out["markdown"].read_text(encoding="utf-8"))
+        print(f"[hyft] wrote {out['markdown']} and {len(out['plots'])} plot(s) in {spec.out / 'progress' / 'plots'}")
+    return 0

@@ -39,3 +39,9 @@ def token_f1(pred: str, answers: str | list[str] | tuple[str, ...]) -> float:
     """The best token-overlap F1 of the prediction against any answer (0.0 for no answers)."""
     p = normalize(pred).split()
     return max((_f1(p, normalize(a).split()) for a in _as_list(answers)), default=0.0)
+
+
+def correct_string(hits) -> str:
+    """Per-example results in split order as '0'/'1' characters: what a paired test (McNemar) of two runs scored on
+    the same examples needs, one byte per example in JSON."""
+    return "".join("1" if h else "0" for h in hits)
