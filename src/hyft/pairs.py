@@ -26,7 +26,7 @@ PAIR_FIELDS = [
     "task", "seed", "hybrid", "twin", "state", "steps_hybrid", "steps_twin",
     "dev_step", "dev_hybrid", "dev_twin", "dev_diff", "dev_hybrid_only", "dev_twin_only", "dev_p",
     "test_hybrid", "test_twin", "test_diff", "test_hybrid_only", "test_twin_only", "test_p",
-    "loss_steps", "loss_hybrid", "loss_twin", "loss_diff", "time_ratio", "memory_ratio",
+    "loss_steps", "loss_hybrid", "loss_twin", "loss_diff", "loss_hybrid_lower", "time_ratio", "memory_ratio",
     "ablation_dev_points", "ablation_test_points", "dev_diffs",
 ]  # fmt: skip
 _ZO_ONLY = ("method", "base", "adapter_train", "zo")  # what a hybrid sets that its twin has no use for
@@ -129,6 +129,9 @@ def pair_row(h: Cell, t: Cell) -> dict[str, Any]:
         row["loss_hybrid"] = round(sum(lh[s]["loss"] for s in last) / len(last), 6)
         row["loss_twin"] = round(sum(lt[s]["loss"] for s in last) / len(last), 6)
         row["loss_diff"] = round(row["loss_hybrid"] - row["loss_twin"], 6)
+        lower = sum(lh[s]["loss"] < lt[s]["loss"] for s in last)
+        higher = sum(lh[s]["loss"] > lt[s]["loss"] for s in last)
+        row["loss_hybrid_lower"] = round(lower / (lower + higher), 4) if lower + higher else None
         s = steps[-1]
         if lt[s]["train_s"] > 0:
             row["time_ratio"] = round(lh[s]["train_s"] / lt[s]["train_s"], 3)
@@ -171,9 +174,9 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
         "Same task, seed, data order and adapter initialisation; the twin trains the same PEFT module on a frozen",
         "base. dev / test: hybrid / twin (hybrid − twin); then examples right only in the hybrid / only in the twin",
         "and McNemar's exact two-sided p. Loss: mean training loss over the last tenth of the steps both ran",
-        "(identical batches), hybrid − twin. Time: hybrid ÷ twin training seconds over those steps. Ablation: the",
-        "hybrid's trained PEFT module on its ZO-updated base minus on the original base, in points (positive: ZO",
-        "helped).", "",
+        "(identical batches), hybrid − twin, and the share of those steps where the hybrid's was lower. Time: hybrid",
+        "÷ twin training seconds over those steps. Ablation: the hybrid's trained PEFT module on its ZO-updated base",
+        "minus on the original base, in points (positive: ZO helped).", "",
     ]  # fmt: skip
     headers = ["hybrid vs twin", "seed", "state (steps h / t)", "dev step", "dev", "test", "loss diff (steps)",
                "time ×", "ablation dev / test"]  # fmt: skip
@@ -186,7 +189,8 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
             table.append([
                 f"{r['hybrid']} vs {r['twin']}", r["seed"], f"{r['state']} ({r['steps_hybrid']} / {r['steps_twin']})",
                 r.get("dev_step", "—"), _split_cell(r, "dev"), _split_cell(r, "test"),
-                f"{_fmt(r.get('loss_diff'), 4, True)} ({r.get('loss_steps', '—')})", _fmt(r.get("time_ratio"), 2),
+                f"{_fmt(r.get('loss_diff'), 4, True)} ({r.get('loss_steps', '—')}; lower in "
+                f"{_fmt(r.get('loss_hybrid_lower'), 2)})", _fmt(r.get("time_ratio"), 2),
                 f"{_fmt(r.get('ablation_dev_points'), 2, True)} / {_fmt(r.get('ablation_test_points'), 2, True)}",
             ])  # fmt: skip
         for hybrid, twin in dict.fromkeys((r["hybrid"], r["twin"]) for r in rs):
