@@ -12,7 +12,8 @@
 #
 # Call 2 joins and checks the GGUF, runs `hyft compare --jobs $JOBS` until $DEADLINE_S seconds (SIGTERM then: cells
 # checkpoint and stop; a later call on the same machine resumes them), and writes the report to $OUT/study
-# (compare.csv, curves, plots; checkpoints too large to come back are left out, which only costs a rerun).
+# (compare.csv, pairs.csv, curves, plots, and progress/ with the pairs of unfinished cells up to their common step;
+# checkpoints too large to come back are left out, which only costs a rerun).
 # Environment: OUT (default $OUT or /tmp/hyft-out), JOBS (8), DEADLINE_S (500), STEPS (5000), TASKS, METHODS,
 # SEEDS (override the config's lists), DEVICE (cuda), EXTRA (more overrides), PY (python3), HYFT_CARRY (/tmp/hyft-carry).
 # A test of the script on CPU (after --split): mkdir -p /tmp/c && cp .carry1/* /tmp/c && HYFT_CARRY=/tmp/c DEVICE=cpu \
@@ -65,3 +66,5 @@ args=(compare --config examples/study_gpu.yaml --out "$OUT/study" --jobs "${JOBS
 timeout --signal=TERM --kill-after=60 "${DEADLINE_S:-500}" ${PY} -m hyft "${args[@]}" 2>&1 | tee "$OUT/study.log"
 echo "gpu_study: compare exited ${PIPESTATUS[0]} (124: deadline reached; rerun to resume)" | tee -a "$OUT/study.log"
 ${PY} -m hyft "${args[@]}" --report_only 2>&1 | tail -40 | tee "$OUT/report.log"
+# Unfinished cells too: each hybrid against its FO twin up to the last step both reached ($OUT/study/progress/).
+${PY} -m hyft "${args[@]}" --progress 2>&1 | tail -60 | tee "$OUT/progress.log"
