@@ -424,6 +424,42 @@ def test_run_study_launcher_reruns_until_done(tmp_path):
     assert pid > 0
 
 
+def test_cpu_study_plan_runs_its_stages_in_order_and_skips_finished_ones(tmp_path, capsys):
+    """benchmarks/cpu_study_plan.sh under a stand-in interpreter that records each hyft command: the stages run in
+    the given order into their folders, each is marked when it finished, a rerun skips them, a failing stage stops
+    the plan with its code; the compare commands it issues are valid (hyft compare --dry_run on them)."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\n[ "$1" = "-c" ] && exit 0\necho "$*" >> "$STUB_LOG"; exit "${STUB_RC:-0}"\n')
+    stub.chmod(0o755)
+    runs, log = tmp_path / "runs", tmp_path / "calls.txt"
+
+    def plan(stages, *extra, rc=0):
+        env = {**os.environ, "PYTHON": str(stub), "STUB_LOG": str(log), "STUB_RC": str(rc), "STAGES": stages,
+               "HYFT_STUDY_WAIT": "0", "DATA": DATA}  # fmt: skip
+        return subprocess.run(["bash", "benchmarks/cpu_study_plan.sh", str(runs), *extra], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    r = plan("lora-s0 prompt-lr sgd-lr")
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[2] for c in calls] == ["compare", "sweep", "sweep"]
+    assert (
+        f"--out {runs}/study_cpu_sst2 --data.data_dir {DATA} --seeds 0 --methods lora-adamw,hybrid-lora-adamw"
+        in calls[0]
+        and "--grid fo.lr=1e-3,1e-2,3e-2" in calls[1]
+        and "--fo.optimizer sgd" in calls[2]
+    )
+    assert sorted(p.name for p in (runs / ".plan").iterdir()) == ["lora-s0.done", "prompt-lr.done", "sgd-lr.done"]
+    r = plan("lora-s0 prompt-lr sgd-lr lora-s1", "--list")
+    assert r.stdout.count(": done") == 3 and "lora-s1: to do" in r.stdout and len(log.read_text().splitlines()) == 3
+    r = plan("lora-s1 landscape", rc=2)  # a config error: not retried, the plan stops there
+    assert r.returncode == 2 and "landscape" not in r.stdout and not (runs / ".plan" / "lora-s1.done").exists()
+    assert plan("nonsense").returncode == 2
+    argv = calls[0].split()[2:]
+    assert main([*argv, "--dry_run"]) == 0
+    assert "0/2 cells finished" in capsys.readouterr().out
+
+
 def test_cpu_study_and_landscape_configs_are_valid():
     from hyft.config import expand, from_dict, merge
     from hyft.methods import resolve
