@@ -81,11 +81,17 @@ def progress(spec) -> int:
     rows = []
     for c in spec.cells():
         curve = read_curve(c.dir)
-        steps = max((r["step"] for r in curve if "loss" in r), default=0)
+        losses = [r for r in curve if "loss" in r]
+        steps = losses[-1]["step"] if losses else 0
         dev = [r for r in curve if r.get("split") == "dev"]
         state = "done" if c.done else "running" if curve else "pending"
-        rows.append([c.key, state, steps, dev[-1]["step"] if dev else "—", dev[-1]["value"] if dev else None])
-    print(text_table(["cell", "state", "step", "last dev step", "dev"], rows))
+        recent = losses[-21:]  # training seconds per step over the last 20 steps (evaluations excluded)
+        rate = ((recent[-1]["train_s"] - recent[0]["train_s"]) / (len(recent) - 1)) if len(recent) > 1 else None
+        total = int(c.config.get("train", {}).get("steps", 0))
+        eta = f"{(total - steps) * rate / 3600:.1f} h" if rate and not c.done and total > steps else "—"
+        rows.append([c.key, state, steps, dev[-1]["step"] if dev else "—", dev[-1]["value"] if dev else None,
+                     f"{rate:.1f}" if rate else "—", eta])  # fmt: skip
+    print(text_table(["cell", "state", "step", "last dev step", "dev", "s/step (last 20)", "left (training)"], rows))
     out = pairs.write(spec, spec.out / "progress")
     if out["rows"]:
         print()
