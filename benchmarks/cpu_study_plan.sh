@@ -10,8 +10,8 @@
 # Stages (SmolLM2-135M, SST-2, 1,000 examples, batch 16, 1,000 steps per cell; examples/study_cpu_sst2.yaml):
 #   lora-s0     lora-adamw / hybrid-lora-adamw, seed 0              (two cells side by side, one thread each)
 #   lora-s1     the same pair, seed 1
-#   prompt-lr   prompt tuning's PEFT lr: examples/sweep_prompt_sst2.yaml, fo.lr 1e-3, 1e-2, 3e-2, 100 steps
-#   prompt-init the same at peft's random init (fo.lr 1e-2, 3e-2): what sample_vocab buys
+#   prompt-lr   prompt tuning's PEFT lr: examples/sweep_prompt_sst2.yaml, fo.lr 3e-4 ... 3e-2, 100 steps
+#   prompt-init the same at peft's random init (fo.lr 1e-3, 1e-2): what sample_vocab buys
 #   prompt-s0   prompt-adamw / hybrid-prompt-adamw, seed 0 (at the lr in examples/study_cpu_sst2.yaml)
 #   sgd-lr      LoRA with plain SGD: fo.lr 1e-2, 3e-2, 1e-1, 100 steps (the paper's 1e-3 did not move in 30)
 #   sgd-s0      lora-sgd / hybrid-lora-sgd, seed 0
@@ -52,9 +52,9 @@ for name in ${STAGES:-lora-s0 lora-s1 prompt-lr prompt-init prompt-s0 sgd-lr sgd
     lora-s1) stage "$name" "$runs/study_cpu_sst2" "${study[@]}" 1 --methods lora-adamw,hybrid-lora-adamw \
                --threads 1 --jobs 2 ;;
     prompt-lr) stage "$name" "$runs/sweep_prompt_sst2" sweep --config examples/sweep_prompt_sst2.yaml \
-                 --grid fo.lr=1e-3,1e-2,3e-2 --out "$runs/sweep_prompt_sst2" --data.data_dir "$data" ;;
+                 --grid fo.lr=1e-3,1e-2,3e-4,3e-2 --out "$runs/sweep_prompt_sst2" --data.data_dir "$data" ;;
     prompt-init) stage "$name" "$runs/sweep_prompt_sst2_random" sweep --config examples/sweep_prompt_sst2.yaml \
-                   --grid fo.lr=1e-2,3e-2 --peft.prompt_init random --out "$runs/sweep_prompt_sst2_random" \
+                   --grid fo.lr=1e-3,1e-2 --peft.prompt_init random --out "$runs/sweep_prompt_sst2_random" \
                    --data.data_dir "$data" ;;
     prompt-s0) stage "$name" "$runs/study_cpu_sst2" "${study[@]}" 0 \
                  --methods lora-adamw,prompt-adamw,hybrid-prompt-adamw --threads 1 --jobs 2 ;;

@@ -446,7 +446,7 @@ def test_cpu_study_plan_runs_its_stages_in_order_and_skips_finished_ones(tmp_pat
     assert (
         f"--out {runs}/study_cpu_sst2 --data.data_dir {DATA} --seeds 0 --methods lora-adamw,hybrid-lora-adamw"
         in calls[0]
-        and "--grid fo.lr=1e-3,1e-2,3e-2" in calls[1]
+        and "--grid fo.lr=1e-3,1e-2,3e-4,3e-2" in calls[1]
         and "--fo.optimizer sgd" in calls[2]
     )
     assert sorted(p.name for p in (runs / ".plan").iterdir()) == ["lora-s0.done", "prompt-lr.done", "sgd-lr.done"]
