@@ -84,6 +84,7 @@ def test_a_hybrid_at_zo_lr_0_is_its_twin_exactly(tmp_path):
         assert float(still[f"{split}_diff"]) == 0.0
         assert (still[f"{split}_hybrid_only"], still[f"{split}_twin_only"], still[f"{split}_p"]) == ("0", "0", "1.0")
     assert still["loss_hybrid_lower"] == ""  # every step tied
+    assert still["loss_diffs"] == " ".join(f"{s}-{s}:+0.0000" for s in range(1, 7))
     assert float(still["loss_diff"]) == 0.0 and still["dev_diffs"] == "0:+0.000 2:+0.000 4:+0.000 6:+0.000"
     assert float(moving["loss_diff"]) != 0.0 and 0.0 <= float(moving["loss_hybrid_lower"]) <= 1.0
     assert (tmp_path / "o" / "plots" / "sst2_pairs.png").stat().st_size > 0

@@ -27,7 +27,7 @@ PAIR_FIELDS = [
     "dev_step", "dev_hybrid", "dev_twin", "dev_diff", "dev_hybrid_only", "dev_twin_only", "dev_p",
     "test_hybrid", "test_twin", "test_diff", "test_hybrid_only", "test_twin_only", "test_p",
     "loss_steps", "loss_hybrid", "loss_twin", "loss_diff", "loss_hybrid_lower", "time_ratio", "memory_ratio",
-    "ablation_dev_points", "ablation_test_points", "dev_diffs",
+    "ablation_dev_points", "ablation_test_points", "dev_diffs", "loss_diffs",
 ]  # fmt: skip
 _ZO_ONLY = ("method", "base", "adapter_train", "zo")  # what a hybrid sets that its twin has no use for
 
@@ -132,6 +132,11 @@ def pair_row(h: Cell, t: Cell) -> dict[str, Any]:
         lower = sum(lh[s]["loss"] < lt[s]["loss"] for s in last)
         higher = sum(lh[s]["loss"] > lt[s]["loss"] for s in last)
         row["loss_hybrid_lower"] = round(lower / (lower + higher), 4) if lower + higher else None
+        k = max(1, len(steps) // 10)  # the same difference over each tenth of the common steps: when they part
+        row["loss_diffs"] = " ".join(
+            f"{w[0]}-{w[-1]}:{sum(lh[s]['loss'] - lt[s]['loss'] for s in w) / len(w):+.4f}"
+            for w in (steps[i : i + k] for i in range(0, len(steps), k))
+        )
         s = steps[-1]
         if lt[s]["train_s"] > 0:
             row["time_ratio"] = round(lh[s]["train_s"] / lt[s]["train_s"], 3)
@@ -207,6 +212,8 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
         lines += [f"## {task}", "", markdown_table(headers, table), ""]
         lines += ["Dev difference (hybrid − twin) at every evaluation both reached:", ""]
         lines += [f"- {r['hybrid']} vs {r['twin']}, seed {r['seed']}: {r.get('dev_diffs', '—')}" for r in rs] + [""]
+        lines += ["Training-loss difference (hybrid − twin, same batches) over each tenth of the steps both ran:", ""]
+        lines += [f"- {r['hybrid']} vs {r['twin']}, seed {r['seed']}: {r.get('loss_diffs', '—')}" for r in rs] + [""]
     if not rows:
         lines += ["No hybrid cell has an FO twin in this comparison.", ""]
     return "\n".join(lines)
