@@ -478,7 +478,10 @@ def test_cpu_study_and_landscape_configs_are_valid():
         assert cfg["method"] == ("hybrid" if name.startswith("hybrid") else name.split("-")[0])
         if name.startswith("hybrid"):
             assert cfg["zo"]["lr"] == 1e-6
-    assert by["prompt-adamw"]["fo"] == by["hybrid-prompt-adamw"]["fo"] == {"optimizer": "adamw", "lr": 1e-2}
+    assert by["prompt-adamw"]["fo"] == by["hybrid-prompt-adamw"]["fo"] == {"optimizer": "adamw", "lr": 1e-3}
+    assert {by[m]["peft"]["prompt_init"] for m in ("prompt-adamw", "hybrid-prompt-adamw")} == {"sample_vocab"}
+    # The LoRA cells' configs are what their running cells were started with (no prompt_init: they resume).
+    assert "prompt_init" not in by["lora-adamw"]["peft"] and "prompt_init" not in by["hybrid-lora-adamw"]["peft"]
     assert by["lora-sgd"]["fo"] == by["hybrid-lora-sgd"]["fo"] == {"optimizer": "sgd", "lr": 1e-2}
     assert by["hybrid-prompt-adamw"]["peft"]["type"] == "prompt"
     # The landscape: every grid point of the header's command is a valid hybrid LoRA AdamW config of 200 steps.
