@@ -249,7 +249,7 @@ def plot(path: Path, task: str, pairs: list[tuple[Cell, Cell]]) -> Path:
         ax.grid(alpha=0.3)
     axes[1].axhline(0, color="grey", linewidth=1)
     axes[2].axhline(0, color="grey", linewidth=1)
-    axes[2].set_ylabel("training loss, hybrid − twin (moving average, 1/20 of the steps)")
+    axes[2].set_ylabel("training loss, hybrid − twin (moving avg.)")
     axes[0].legend(fontsize=6)
     fig.suptitle(f"{task}: each hybrid against its FO twin (same seed and batches)")
     fig.tight_layout()
