@@ -18,8 +18,6 @@ each cell's config built with config.expand / merge and checked by config.from_d
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -36,11 +34,13 @@ import torch
 import yaml
 
 from hyft import checkpoint as ckpt
+from hyft import pairs
 from hyft.callbacks import Callback
 from hyft.config import Config, from_dict, load_base, load_config, merge
 from hyft.errors import ConfigError
 from hyft.evaluate import headline
 from hyft.methods import resolve
+from hyft.study_files import csv_text, read_curve, remove_temporaries, write_atomic
 from hyft.trainer import Trainer
 from hyft.variants import Variant, parse_variant
 
@@ -56,18 +56,6 @@ CSV_FIELDS = [
     "memory_kind", "forwards_per_step", "backwards_per_step", "trainable_params", "zo_params", "n_dev", "n_test",
     "metric", *PROBE_FIELDS,
 ]  # fmt: skip
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that a reader (or a rerun after a kill) sees the old or the new content, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # -- config dictionaries -------------------------------------------------------------------------------------------
@@ -398,13 +386,6 @@ def run_cell(cell: Cell, *, dev_at_start: bool, model_factory=None, in_process: 
 
 
 # -- results -------------------------------------------------------------------------------------------------------
-def read_curve(d: Path) -> list[dict[str, Any]]:
-    p = d / "curve.jsonl"
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def cell_row(cell: Cell, target: float | None) -> dict[str, Any]:
     """One CSV row from a finished cell's run.json and curve.jsonl."""
     run = json.loads((cell.dir / "run.json").read_text(encoding="utf-8"))
@@ -492,21 +473,12 @@ def collect(spec: CompareSpec, failures: dict[str, str] | None = None) -> list[d
     return rows
 
 
-def csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k) for k in fields})
-    return buf.getvalue()
-
-
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     write_atomic(path, csv_text(rows, CSV_FIELDS))
 
 
 def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
-    from hyft.report import fmt_mean_std, markdown_table, mean_std
+    from hyft.report import column, fmt_mean_std, markdown_table, mean_std
 
     lines = ["# Comparison", ""]
     tdesc = (f"a fixed dev accuracy of {spec.target}" if isinstance(spec.target, float)
@@ -524,7 +496,7 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
             if not rs:
                 table.append([v.name] + ["—"] * (len(headers) - 1))
                 continue
-            col = _column(rs)
+            col = column(rs)
             reached = [r for r in rs if r["steps_to_target"] is not None]
             mem, _, _ = mean_std(col("peak_memory_mb"))
             table.append([
@@ -543,10 +515,6 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
         lines += ["Not finished: " + ", ".join(f"{r['task']}/{r['method']}/seed{r['seed']} ({r['status']})"
                                              for r in missing), ""]  # fmt: skip
     return "\n".join(lines)
-
-
-def _column(rs: list[dict[str, Any]]) -> Callable[[str], list[Any]]:
-    return lambda k: [r[k] for r in rs]
 
 
 def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
@@ -590,16 +558,8 @@ def write_reports(spec: CompareSpec, failures: dict[str, str] | None = None) -> 
     write_atomic(spec.out / "compare.md", markdown(spec, rows))
     write_atomic(spec.out / "compare.json", json.dumps({"rows": rows, "failures": failures}, indent=1))
     pngs = plots(spec, rows)
-    from hyft import pairs  # each hybrid against its FO twin, paired (pairs.csv, pairs.md, plots/<task>_pairs.png)
-
-    pngs += pairs.write(spec, spec.out)["plots"]
+    pngs += pairs.write(spec.cells(), spec.tasks, spec.out)["plots"]  # each hybrid against its FO twin, paired
     return {"csv": spec.out / "compare.csv", "markdown": spec.out / "compare.md", "plots": pngs}
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Temporary copies left by a kill in the middle of write_atomic or save_figure."""
-    for p in folder.glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
 
 
 def save_spec(spec: CompareSpec) -> None:

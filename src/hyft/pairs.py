@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from hyft.compare import Cell, CompareSpec, csv_text, read_curve, write_atomic
 from hyft.config import from_dict
 from hyft.errors import ConfigError
 from hyft.methods import Method, resolve
+from hyft.study_files import csv_text, read_curve, write_atomic
 
 PAIR_FIELDS = [
     "task", "seed", "hybrid", "twin", "state", "steps_hybrid", "steps_twin",
@@ -30,6 +31,22 @@ PAIR_FIELDS = [
     "ablation_dev_points", "ablation_test_points", "dev_diffs", "loss_diffs",
 ]  # fmt: skip
 _ZO_ONLY = ("method", "base", "adapter_train", "zo")  # what a hybrid sets that its twin has no use for
+
+
+class Cell(Protocol):
+    """What a pair needs of a comparison's cell (hyft.compare.Cell)."""
+
+    task: str
+    method: str
+    seed: int
+    dir: Path
+    config: dict[str, Any]
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def key(self) -> str: ...
 
 
 def _shape(cell: Cell) -> tuple[Method, dict[str, Any]] | None:
@@ -47,7 +64,7 @@ def _shape(cell: Cell) -> tuple[Method, dict[str, Any]] | None:
     return method, d
 
 
-def find_pairs(cells: list[Cell]) -> list[tuple[Cell, Cell]]:
+def find_pairs(cells: Sequence[Cell]) -> list[tuple[Cell, Cell]]:
     """(hybrid, twin) for every hybrid cell that has a twin among `cells` (the first one, in cell order)."""
     shapes = {c.key: _shape(c) for c in cells}
     out = []
@@ -91,6 +108,11 @@ def _evals(curve: list[dict[str, Any]], split: str, final_step: int | None) -> d
     return {r["step"]: r for r in curve if r.get("split") == split and (split == "dev" or r["step"] == final_step)}
 
 
+def _losses(curve: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The applied steps' loss records by step."""
+    return {r["step"]: r for r in curve if "loss" in r and r.get("applied", True)}
+
+
 def _split(row: dict[str, Any], prefix: str, h: dict[str, Any] | None, t: dict[str, Any] | None) -> None:
     if h is None or t is None:
         return
@@ -102,12 +124,10 @@ def _split(row: dict[str, Any], prefix: str, h: dict[str, Any] | None, t: dict[s
         row[f"{prefix}_p"] = round(mcnemar_p(b, c), 6)
 
 
-def pair_row(h: Cell, t: Cell) -> dict[str, Any]:
-    """The paired comparison of hybrid cell h with its twin t, over what both have done so far."""
-    ch, ct = read_curve(h.dir), read_curve(t.dir)
+def pair_row(h: Cell, t: Cell, ch: list[dict[str, Any]], ct: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paired comparison of hybrid cell h with its twin t (curves ch, ct), over what both have done so far."""
     rh, rt = _run(h), _run(t)
-    lh = {r["step"]: r for r in ch if "loss" in r and r.get("applied", True)}
-    lt = {r["step"]: r for r in ct if "loss" in r and r.get("applied", True)}
+    lh, lt = _losses(ch), _losses(ct)
     row: dict[str, Any] = {
         "task": h.task, "seed": h.seed, "hybrid": h.method, "twin": t.method,
         "state": "done" if rh and rt else "running",
@@ -148,10 +168,6 @@ def pair_row(h: Cell, t: Cell) -> dict[str, Any]:
     return row
 
 
-def pair_rows(spec: CompareSpec) -> list[dict[str, Any]]:
-    return [pair_row(h, t) for h, t in find_pairs(spec.cells())]
-
-
 def _fmt(v: Any, digits: int = 3, sign: bool = False) -> str:
     if v is None:
         return "—"
@@ -167,12 +183,8 @@ def _split_cell(r: dict[str, Any], prefix: str) -> str:
     return text
 
 
-def _column(rows: list[dict[str, Any]]):
-    return lambda key: [r.get(key) for r in rows]
-
-
-def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
-    from hyft.report import fmt_mean_std, markdown_table
+def markdown(tasks: Sequence[str], rows: list[dict[str, Any]]) -> str:
+    from hyft.report import column, fmt_mean_std, markdown_table
 
     lines = [
         "# Hybrid against its FO twin, paired", "",
@@ -185,7 +197,7 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
     ]  # fmt: skip
     headers = ["hybrid vs twin", "seed", "state (steps h / t)", "dev step", "dev", "test", "loss diff (steps)",
                "time ×", "ablation dev / test"]  # fmt: skip
-    for task in spec.tasks:
+    for task in tasks:
         rs = [r for r in rows if r["task"] == task]
         if not rs:
             continue
@@ -202,7 +214,7 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
             group = [r for r in rs if (r["hybrid"], r["twin"]) == (hybrid, twin)]
             if len(group) < 2:
                 continue
-            col = _column(group)
+            col = column(group)
             table.append([
                 f"**{hybrid} vs {twin}: mean ± std of the differences**", f"{len(group)} seeds", "", "",
                 fmt_mean_std(col("dev_diff"), 3), fmt_mean_std(col("test_diff"), 3), fmt_mean_std(col("loss_diff"), 4),
@@ -219,7 +231,7 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, task: str, pairs: list[tuple[Cell, Cell]]) -> Path:
+def plot(path: Path, task: str, pairs: list[tuple[Cell, Cell, list[dict[str, Any]], list[dict[str, Any]]]]) -> Path:
     """Three panels over steps, one colour per pair: dev accuracy of both (twin solid, hybrid dashed), the dev
     difference, and the training-loss difference on identical batches (moving average)."""
     from hyft.report import pyplot, save_figure, smooth
@@ -227,22 +239,20 @@ def plot(path: Path, task: str, pairs: list[tuple[Cell, Cell]]) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (h, t) in enumerate(pairs):
+    for i, (h, t, ch, ct) in enumerate(pairs):
         color, label = colors[i % len(colors)], f"{h.method} vs {t.method} s{h.seed}"
-        ch, ct = read_curve(h.dir), read_curve(t.dir)
-        dh = {r["step"]: r["value"] for r in ch if r.get("split") == "dev"}
-        dt = {r["step"]: r["value"] for r in ct if r.get("split") == "dev"}
+        dh = {s: r["value"] for s, r in _evals(ch, "dev", None).items()}
+        dt = {s: r["value"] for s, r in _evals(ct, "dev", None).items()}
         for d, dash, marker, who in ((dt, "-", "o", "twin"), (dh, "--", "s", "hybrid")):
             xs = sorted(d)
             axes[0].plot(xs, [d[s] for s in xs], color=color, linestyle=dash, marker=marker, markersize=3,
                          label=f"{label}: {who}")  # fmt: skip
         common = sorted(set(dh) & set(dt))
         axes[1].plot(common, [dh[s] - dt[s] for s in common], color=color, marker="o", markersize=3, label=label)
-        lh = {r["step"]: r["loss"] for r in ch if "loss" in r and r.get("applied", True)}
-        lt = {r["step"]: r["loss"] for r in ct if "loss" in r and r.get("applied", True)}
+        lh, lt = _losses(ch), _losses(ct)
         steps = sorted(set(lh) & set(lt))
         window = max(1, len(steps) // 20)
-        axes[2].plot(steps, smooth([lh[s] - lt[s] for s in steps], window), color=color, label=label)
+        axes[2].plot(steps, smooth([lh[s]["loss"] - lt[s]["loss"] for s in steps], window), color=color, label=label)
     for ax, ylabel in zip(axes, ("dev accuracy", "dev accuracy, hybrid − twin", "training loss, hybrid − twin")):
         ax.set_xlabel("steps")
         ax.set_ylabel(ylabel)
@@ -258,17 +268,17 @@ def plot(path: Path, task: str, pairs: list[tuple[Cell, Cell]]) -> Path:
     return path
 
 
-def write(spec: CompareSpec, folder: Path) -> dict[str, Any]:
+def write(cells: Sequence[Cell], tasks: Sequence[str], folder: Path) -> dict[str, Any]:
     """pairs.csv, pairs.md and plots/<task>_pairs.png in `folder`; nothing when no hybrid has a twin."""
-    pairs = find_pairs(spec.cells())
-    if not pairs:
+    found = [(h, t, read_curve(h.dir), read_curve(t.dir)) for h, t in find_pairs(cells)]  # each curve read once
+    if not found:
         return {"rows": [], "plots": []}
-    rows = [pair_row(h, t) for h, t in pairs]
+    rows = [pair_row(*pair) for pair in found]
     write_atomic(folder / "pairs.csv", csv_text(rows, PAIR_FIELDS))
-    write_atomic(folder / "pairs.md", markdown(spec, rows))
+    write_atomic(folder / "pairs.md", markdown(tasks, rows))
     pngs = []
-    for task in spec.tasks:
-        tp = [(h, t) for h, t in pairs if h.task == task]
+    for task in tasks:
+        tp = [pair for pair in found if pair[0].task == task]
         if tp:
             pngs.append(plot(folder / "plots" / f"{task}_pairs.png", task, tp))
     return {"rows": rows, "plots": pngs, "markdown": folder / "pairs.md"}

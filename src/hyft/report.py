@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,11 @@ def fmt_mean_std(values: Iterable[float | None], digits: int = 4, scale: float =
     if std is None:
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def column(rows: Sequence[dict[str, Any]]) -> Callable[[str], list[Any]]:
+    """col(key): that key's value in every row (None where a row lacks it)."""
+    return lambda key: [r.get(key) for r in rows]
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 
 from hyft.callbacks import Callback
-from hyft.compare import csv_text, remove_temporaries, write_atomic
 from hyft.config import ALIASES, Config, expand, from_dict, load_base, merge, parse_value
 from hyft.errors import ConfigError, HyftError
 from hyft.methods import resolve
+from hyft.study_files import csv_text, remove_temporaries, write_atomic
 from hyft.trainer import Trainer
 
 

@@ -75,11 +75,12 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
 def progress(spec) -> int:
     from hyft import pairs
-    from hyft.compare import read_curve
     from hyft.report import text_table
+    from hyft.study_files import read_curve
 
+    cells = spec.cells()
     rows = []
-    for c in spec.cells():
+    for c in cells:
         curve = read_curve(c.dir)
         losses = [r for r in curve if "loss" in r]
         steps = losses[-1]["step"] if losses else 0
@@ -92,7 +93,7 @@ def progress(spec) -> int:
         rows.append([c.key, state, steps, dev[-1]["step"] if dev else "—", dev[-1]["value"] if dev else None,
                      f"{rate:.1f}" if rate else "—", eta])  # fmt: skip
     print(text_table(["cell", "state", "step", "last dev step", "dev", "s/step (last 20)", "left (training)"], rows))
-    out = pairs.write(spec, spec.out / "progress")
+    out = pairs.write(cells, spec.tasks, spec.out / "progress")
     if out["rows"]:
         print()
         print(out["markdown"].read_text(encoding="utf-8"))
