@@ -87,6 +87,7 @@ class RunFiles(Callback):
             out.mkdir(parents=True, exist_ok=True)
             for stale in (SUBDIR, "tensorboard"):
                 shutil.rmtree(out / stale, ignore_errors=True)
+            (out / Trackers.FILE).unlink(missing_ok=True)  # the old run's tracker ids: never continued by a new run
         tmp = tr.out / f".config.yaml.tmp-{os.getpid()}"  # replaced at once: a full disk leaves the old one
         save_config(tr.cfg, tmp)
         os.replace(tmp, tr.out / "config.yaml")
@@ -153,27 +154,62 @@ class TensorBoard(Callback):
 
 class Trackers(Callback):
     """wandb / mlflow / trackio (train.report_to; sinks.py, each in its offline/local mode): the scalars TensorBoard
-    gets, under its names, and the ZO ablation's points at the end."""
+    gets, under its names, and the ZO ablation's points at the end.
+
+    A resumed run continues the tracker runs it started (OUTPUT_DIR/trackers.json: each run's id and the last record
+    sent to it) and sends no record twice: what the interrupted run had sent after its checkpoint is not sent again
+    (at equal thread counts the resumed run's values are bit-identical to those; metrics.jsonl and TensorBoard hold
+    the resumed run's own). A tracker first named at the resume starts a run of its own at the resumed step."""
+
+    FILE = "trackers.json"
 
     def __init__(self) -> None:
         self.sinks = Sinks()
+        self.sent: dict[str, tuple[int, int]] = {}  # tracker -> (step, nth record at that step) last sent to it
+        self.seen = (0, 0)  # the same for the records logged by this process
 
     def on_prepare_output(self, tr: Trainer) -> None:
         t = tr.cfg.train
+        saved = self._read(tr.out) if tr.resumed_from is not None else {}
+        runs = saved.get("runs", {})
         self.sinks = Sinks.open(t.report_to, tr.out, project=t.tracker_project, run_name=t.run_name,
-                                config=tr.cfg.to_dict())  # fmt: skip
+                                config=tr.cfg.to_dict(), resume=runs)  # fmt: skip
+        state = self.sinks.state()
+        # a run the tracker could not reopen (a new MLflow store, a deleted run) is a new run: it gets everything
+        self.sent = {n: tuple(saved.get("sent", {}).get(n, (0, 0))) if state[n] == runs.get(n) else (0, 0)
+                     for n in state}  # fmt: skip
+        self._write(tr.out)
 
     def on_log(self, tr: Trainer, record: dict[str, Any]) -> None:
-        self.sinks.log_record(record, tr.guard.skipped)
+        step = record["step"]
+        self.seen = (step, self.seen[1] + 1 if self.seen[0] == step else 1)
+        due = {n for n, last in self.sent.items() if self.seen > last}
+        if not due:
+            return
+        self.sinks.log_record(record, tr.guard.skipped, due)
+        for n in due:
+            self.sent[n] = self.seen
+        self._write(tr.out)  # a kill between the send and this write resends one record at the resume
 
     def on_train_end(self, tr: Trainer, info: dict[str, Any]) -> None:
         ablation = info.get("ablation")
         if ablation and "skipped" not in ablation:
             self.sinks.log({f"ablation/{s}_zo_points": r["zo_points"] for s, r in ablation.items()}, tr.step)
-        self.on_close(tr)
+        self.sinks.close(finished=True)
 
     def on_close(self, tr: Trainer) -> None:
-        self.sinks.close()
+        self.sinks.close(finished=False)  # after on_train_end nothing is left open: only an interrupted run gets here
+
+    def _read(self, out: Path) -> dict[str, Any]:
+        try:
+            saved = json.loads((out / self.FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a run from before trackers.json, or a file cut by a kill: new tracker runs
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _write(self, out: Path) -> None:
+        state = {"runs": self.sinks.state(), "sent": {n: list(v) for n, v in self.sent.items()}}
+        write_text_atomically(out / self.FILE, json.dumps(state, indent=1))
 
 
 class RunReport(Callback):

@@ -9,6 +9,10 @@ record and each sink gets the same scalars, under the same names, as TensorBoard
     trackio  trackio's local store, $TRACKIO_DIR or ~/.cache/huggingface/trackio   (view: trackio show)
 
 The offline switches are set before each package is imported, so a machine without network never waits on one.
+
+A resumed run continues the tracker runs it started: each sink reports what identifies its run (`state`), the
+Trackers callback keeps that in OUTPUT_DIR/trackers.json, and a sink opened with `resume=` reopens that run (W&B by
+id, MLflow by run id, trackio by name) instead of starting another.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ def scalars(record: dict[str, Any], skipped_steps: int) -> dict[str, float]:
 class Sink(Protocol):
     def log(self, values: dict[str, float], step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def state(self) -> dict[str, Any]:
+        """What reopens this run after an interruption (JSON), passed back as `resume=`."""
+        ...
+
+    def close(self, finished: bool = True) -> None:
+        """finished False: the run stops before its end (an error, a signal) and will be resumed, not completed."""
+        ...
 
 
 def offline_env(name: str) -> None:
@@ -60,19 +70,24 @@ def offline_env(name: str) -> None:
 
 
 class WandbSink:
-    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
+    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any], resume: dict | None = None):
         offline_env("wandb")
         import wandb
 
+        # resumed: the same run id (offline, another offline-run-* directory of that id; `wandb sync` joins them)
+        again = {"id": resume["id"], "resume": "allow"} if resume else {}
         self.run = wandb.init(project=project, name=run_name, dir=str(out), config=config,
-                              mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new")  # fmt: skip
+                              mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new", **again)  # fmt: skip
         self.dir = Path(self.run.dir).parent  # OUTPUT_DIR/wandb/offline-run-*/
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def state(self) -> dict[str, Any]:
+        return {"id": self.run.id}
+
+    def close(self, finished: bool = True) -> None:
+        self.run.finish(exit_code=0 if finished else 1)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -86,7 +101,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class MlflowSink:
-    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
+    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any], resume: dict | None = None):
         offline_env("mlflow")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -94,13 +109,25 @@ class MlflowSink:
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
         # a client of its own, not mlflow's global active run: two runs in one process stay apart
         self.client = MlflowClient(self.uri)
+        self.closed = False
+        if resume and resume.get("uri") == self.uri and self._exists(resume["run_id"]):
+            self.run_id = resume["run_id"]  # params stay as logged: MLflow refuses to change a logged value
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
         exp = self.client.get_experiment_by_name(project)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(project)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
         params = [Param(k, v) for k, v in _flat(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.closed = False
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:  # deleted, or another store: a new run
+            return False
 
     def log(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -108,26 +135,33 @@ class MlflowSink:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
-    def close(self) -> None:
+    def state(self) -> dict[str, Any]:
+        return {"uri": self.uri, "run_id": self.run_id}
+
+    def close(self, finished: bool = True) -> None:
         if not self.closed:
-            self.client.set_terminated(self.run_id)
+            self.client.set_terminated(self.run_id, status="FINISHED" if finished else "KILLED")
             self.closed = True
 
 
 class TrackioSink:
-    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any]):
+    def __init__(self, out: Path, project: str, run_name: str, config: dict[str, Any], resume: dict | None = None):
         offline_env("trackio")
         import trackio
 
         # space_id / server_url stay unset: local SQLite store, no server and no upload
-        self.run = trackio.init(project=project, name=run_name, config=config, auto_log_gpu=False,
-                                auto_log_cpu=False)  # fmt: skip
-        self.project, self.name = project, self.run.name
+        again = {"project": resume["project"], "name": resume["name"], "resume": "allow"} if resume else {}
+        self.run = trackio.init(**{"project": project, "name": run_name, **again}, config=config,
+                                auto_log_gpu=False, auto_log_cpu=False)  # fmt: skip
+        self.project, self.name = again.get("project", project), self.run.name
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
 
-    def close(self) -> None:
+    def state(self) -> dict[str, Any]:
+        return {"project": self.project, "name": self.name}
+
+    def close(self, finished: bool = True) -> None:
         self.run.finish()
 
 
@@ -137,26 +171,34 @@ SINKS = {"wandb": WandbSink, "mlflow": MlflowSink, "trackio": TrackioSink}
 class Sinks:
     """The run's trackers; a no-op when report_to names none of them."""
 
-    def __init__(self, sinks: list[Sink] | None = None):
-        self.sinks = list(sinks or [])
+    def __init__(self, sinks: dict[str, Sink] | None = None):
+        self.sinks = dict(sinks or {})
+
+    def state(self) -> dict[str, dict]:
+        return {n: s.state() for n, s in self.sinks.items()}
 
     @classmethod
-    def open(cls, names: list[str], out: Path, *, project: str, run_name: str | None, config: dict[str, Any]):
+    def open(cls, names: list[str], out: Path, *, project: str, run_name: str | None, config: dict[str, Any],
+             resume: dict[str, dict] | None = None):  # fmt: skip
+        """resume: {tracker name: its sink's earlier `state()`}; a tracker missing from it starts a new run."""
         run_name = run_name or Path(out).resolve().name
-        return cls([SINKS[n](Path(out), project, run_name, config) for n in names if n in SINKS])
+        resume = resume or {}
+        return cls({n: SINKS[n](Path(out), project, run_name, config, resume=resume.get(n)) for n in names
+                    if n in SINKS})  # fmt: skip
 
-    def log(self, values: dict[str, float], step: int) -> None:
-        for s in self.sinks:
-            s.log(values, step)
+    def log(self, values: dict[str, float], step: int, only: set[str] | None = None) -> None:
+        for n, s in self.sinks.items():
+            if only is None or n in only:
+                s.log(values, step)
 
-    def log_record(self, record: dict[str, Any], skipped_steps: int) -> None:
+    def log_record(self, record: dict[str, Any], skipped_steps: int, only: set[str] | None = None) -> None:
         if self.sinks:
-            self.log(scalars(record, skipped_steps), record["step"])
+            self.log(scalars(record, skipped_steps), record["step"], only)
 
-    def close(self) -> None:
-        sinks, self.sinks = self.sinks, []
-        for s in sinks:
-            s.close()
+    def close(self, finished: bool = True) -> None:
+        sinks, self.sinks = self.sinks, {}
+        for s in sinks.values():
+            s.close(finished)
 
 
 def check_installed(names: list[str]) -> str | None:
