@@ -325,6 +325,35 @@ def test_jobs_2_gives_the_same_study_as_jobs_1(undisturbed, saved_model, tmp_pat
                     in_process=True)  # fmt: skip
 
 
+def test_snapshot_script_copies_a_study_into_the_docs_layout(undisturbed, saved_model, tmp_path):
+    """benchmarks/snapshot_study.sh: the finished study's report, pairs and per-cell records, and nothing of its
+    weights; the study folder itself is not changed."""
+    before = {p: p.read_bytes() for p in undisturbed.rglob("*") if p.is_file() and "progress" not in p.parts}
+    dest = tmp_path / "docs_data"
+    argv = _study_args(saved_model, tmp_path, undisturbed)[1:]
+    out_at = argv.index("--out")
+    del argv[out_at : out_at + 2]  # the script passes the study folder as --out itself
+    env = {**os.environ, "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "benchmarks/snapshot_study.sh", str(undisturbed), str(dest), *argv], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "2 cell(s)" in r.stdout
+    assert _untimed(dest) == _untimed(undisturbed)  # compare.csv of the same cells
+    assert (dest / "pairs.csv").is_file() and (dest / "plots" / "sst2_pairs.png").is_file()
+    assert "sst2/hybrid-lora/seed0  done" in (dest / "progress.txt").read_text()
+    for m in ("lora", "hybrid-lora"):
+        cell = dest / "cells" / "sst2" / m / "seed0"
+        assert sorted(p.name for p in cell.iterdir()) == ["cell.yaml", "curve.jsonl", "eval.json", "metrics.jsonl",
+                                                          "run.json"]  # fmt: skip
+        original = undisturbed / "cells" / "sst2" / m / "seed0" / "curve.jsonl"
+        assert (cell / "curve.jsonl").read_bytes() == original.read_bytes()
+    assert not list(dest.rglob("*.safetensors"))
+    assert {p: p.read_bytes() for p in undisturbed.rglob("*") if p.is_file() and "progress" not in p.parts} == before
+    bad = subprocess.run(["bash", "benchmarks/snapshot_study.sh", str(tmp_path / "nothing"), str(dest)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "holds no study" in bad.stderr
+
+
 def test_a_cell_killed_mid_training_resumes_bit_identical(undisturbed, saved_model, tmp_path):
     out = tmp_path / "study"
     argv = _study_args(saved_model, tmp_path, out)

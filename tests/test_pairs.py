@@ -143,3 +143,13 @@ def test_progress_reads_a_running_study_up_to_the_common_step(tmp_path, capsys):
     assert row["test_diff"] == "" and row["loss_steps"] == "1-3"
     assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # the study's own files untouched
     assert (out / "progress" / "plots" / "sst2_pairs.png").is_file()
+    # the finished twin's full report beside it (the study's own compare.csv waits for the running study)
+    with open(out / "progress" / "compare.csv", newline="") as f:
+        got = {r["method"]: r for r in csv.DictReader(f)}
+    with open(out / "compare.csv", newline="") as f:
+        whole = {r["method"]: r for r in csv.DictReader(f)}
+    assert got["hybrid-lora-adamw"]["status"] == "running" and got["hybrid-lora-adamw"]["final_dev"] == ""
+    untimed = [k for k in got["lora-adamw"] if not k.endswith(("_s", "_mb"))]
+    assert {k: got["lora-adamw"][k] for k in untimed} == {k: whole["lora-adamw"][k] for k in untimed}
+    assert "Not finished: sst2/hybrid-lora-adamw/seed0 (running)" in (out / "progress" / "compare.md").read_text()
+    assert "| lora-adamw |" in printed and (out / "progress" / "plots" / "sst2.png").is_file()

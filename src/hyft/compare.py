@@ -460,7 +460,8 @@ def targets(spec: CompareSpec, cells: list[Cell]) -> dict[tuple[str, int], float
     return out
 
 
-def collect(spec: CompareSpec, failures: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def collect(spec: CompareSpec, failures: dict[str, str] | None = None, unfinished: str = "missing") -> list[dict]:
+    """One row per cell: a finished cell's results, else its status (failed, or `unfinished`)."""
     cells = spec.cells()
     tg = targets(spec, cells)
     rows = []
@@ -468,7 +469,7 @@ def collect(spec: CompareSpec, failures: dict[str, str] | None = None) -> list[d
         if c.done:
             rows.append(cell_row(c, tg[c.task, c.seed]))
         else:
-            status = "failed" if failures and c.key in failures else "missing"
+            status = "failed" if failures and c.key in failures else unfinished
             rows.append({"task": c.task, "method": c.method, "seed": c.seed, "status": status})
     return rows
 
@@ -517,8 +518,10 @@ def markdown(spec: CompareSpec, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
+def plots(spec: CompareSpec, rows: list[dict[str, Any]], dest: Path | None = None) -> list[Path]:
     from hyft.report import plot_curves
+
+    dest = spec.out if dest is None else dest
 
     out = []
     for task in spec.tasks:
@@ -544,22 +547,27 @@ def plots(spec: CompareSpec, rows: list[dict[str, Any]]) -> list[Path]:
         target = sum(tg) / len(tg) if tg else None
         steps = max(r["steps"] for r in rows if r["task"] == task and r["status"] == "ok")
         title = f"{task}: mean over seeds {spec.seeds} (band: ± std)"
-        out.append(plot_curves(spec.out / "plots" / f"{task}.png", title, dev, loss, target=target,
+        out.append(plot_curves(dest / "plots" / f"{task}.png", title, dev, loss, target=target,
                                smooth_window=max(1, steps // 20, min(3, steps)), share=share))  # fmt: skip
     return out
 
 
-def write_reports(spec: CompareSpec, failures: dict[str, str] | None = None) -> dict[str, Path]:
-    rows = collect(spec, failures)
+def write_reports(
+    spec: CompareSpec, failures: dict[str, str] | None = None, dest: Path | None = None, unfinished: str = "missing"
+) -> dict[str, Path]:
+    """compare.csv / .md / .json, plots/ and the pairs of the finished cells into `dest` (default the study folder;
+    `hyft compare --progress` writes OUT/progress/, leaving the study's own reports to the running study)."""
+    dest = spec.out if dest is None else Path(dest)
+    rows = collect(spec, failures, unfinished)
     order = {c.key: i for i, c in enumerate(spec.cells())}  # failures in cell order, whatever finished first
     failures = dict(sorted((failures or {}).items(), key=lambda kv: order.get(kv[0], len(order))))
-    spec.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, spec.out / "compare.csv")
-    write_atomic(spec.out / "compare.md", markdown(spec, rows))
-    write_atomic(spec.out / "compare.json", json.dumps({"rows": rows, "failures": failures}, indent=1))
-    pngs = plots(spec, rows)
-    pngs += pairs.write(spec.cells(), spec.tasks, spec.out)["plots"]  # each hybrid against its FO twin, paired
-    return {"csv": spec.out / "compare.csv", "markdown": spec.out / "compare.md", "plots": pngs}
+    dest.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, dest / "compare.csv")
+    write_atomic(dest / "compare.md", markdown(spec, rows))
+    write_atomic(dest / "compare.json", json.dumps({"rows": rows, "failures": failures}, indent=1))
+    paired = pairs.write(spec.cells(), spec.tasks, dest)  # each hybrid against its FO twin, paired
+    pngs = plots(spec, rows, dest) + paired["plots"]
+    return {"csv": dest / "compare.csv", "markdown": dest / "compare.md", "plots": pngs, "pairs": paired["rows"]}
 
 
 def save_spec(spec: CompareSpec) -> None:

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report_only", action="store_true", help="rebuild CSV, table and plots from finished cells")
     p.add_argument("--progress", action="store_true",
                    help="read a study while it runs (no lock, nothing in the study's own files changes): each cell's "
-                        "step and last dev accuracy, and each hybrid against its FO twin up to the last step both "
-                        "reached, written to OUT/progress/ (pairs.csv, pairs.md, plots)")  # fmt: skip
+                        "step and last dev accuracy; the finished cells' report and each hybrid against its FO twin "
+                        "up to the last step both reached, in OUT/progress/ (compare.*, pairs.*, plots/)")  # fmt: skip
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def progress(spec) -> int:
-    from hyft import pairs
+    from hyft.compare import write_reports
     from hyft.report import text_table
     from hyft.study_files import read_curve
 
@@ -93,9 +93,15 @@ def progress(spec) -> int:
         rows.append([c.key, state, steps, dev[-1]["step"] if dev else "—", dev[-1]["value"] if dev else None,
                      f"{rate:.1f}" if rate else "—", eta])  # fmt: skip
     print(text_table(["cell", "state", "step", "last dev step", "dev", "s/step (last 20)", "left (training)"], rows))
-    out = pairs.write(cells, spec.tasks, spec.out / "progress")
-    if out["rows"]:
+    # the finished cells' full report and every pair so far, beside the study's own reports, which stay untouched
+    dest = spec.out / "progress"
+    out = write_reports(spec, dest=dest, unfinished="running")
+    if any(c.done for c in cells):
         print()
         print(out["markdown"].read_text(encoding="utf-8"))
-        print(f"[hyft] wrote {out['markdown']} and {len(out['plots'])} plot(s) in {spec.out / 'progress' / 'plots'}")
+    if out["pairs"]:
+        print()
+        print((dest / "pairs.md").read_text(encoding="utf-8"))
+    print(f"[hyft] wrote {out['csv']}, {out['markdown']}{', pairs.csv, pairs.md' if out['pairs'] else ''} and "
+          f"{len(out['plots'])} plot(s) in {dest}")  # fmt: skip
     return 0
