@@ -526,7 +526,7 @@ def test_cpu_study_and_landscape_configs_are_valid():
         assert (cfg.zo.lr, cfg.fo.lr) == (p["zo.lr"], p["fo.lr"])
 
 
-def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """The in-process runner (a model factory) continues an interrupted cell too, and ends where an uninterrupted
     one does."""
     cfg = base_config(tmp_path / "c.yaml", "x", methods=["hybrid-lora"], seeds=[0], target="none")
@@ -549,9 +549,20 @@ def test_in_process_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         in run_compare(spec, model_factory=factory, log=lambda s: None)["failures"]["sst2/hybrid-lora/seed0"]
     )
     monkeypatch.setattr(compare.Trainer, "train_step", real)
+    cell = tmp_path / "cut" / "cells" / "sst2" / "hybrid-lora" / "seed0"
+    saved = sorted(p.name for p in (cell / "checkpoints").iterdir())
+    changed = load_spec(cfg, out=str(tmp_path / "cut"), eval_every=2, overrides=[*over, "--zo.lr", "2e-3"])
+    with pytest.raises(ConfigError, match=r"unfinished, with checkpoints up to step-00000004 .* different config"):
+        run_compare(changed, model_factory=factory, log=lambda s: None)  # not started over: that deletes them
+    assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == saved
+    argv = ["compare", "--config", str(cfg), "--out", str(tmp_path / "cut"), "--eval_every", "2", *over]
+    capsys.readouterr()
+    assert main([*argv, "--zo.lr", "2e-3", "--dry_run"]) == 0
+    assert "refused (run with another config: see its cell.yaml) sst2/hybrid-lora/seed0" in capsys.readouterr().out
+    assert main([*argv, "--dry_run"]) == 0
+    assert "pending (continues from step-00000004) sst2/hybrid-lora/seed0" in capsys.readouterr().out
     logs = []
     assert not run_compare(spec, model_factory=factory, log=logs.append)["failures"]
-    cell = tmp_path / "cut" / "cells" / "sst2" / "hybrid-lora" / "seed0"
     assert json.loads((cell / "runner.json").read_text())["resumed_from"].endswith("step-00000004")
     assert _untimed(tmp_path / "cut") == _untimed(tmp_path / "ref")
     _same_cells(tmp_path / "ref", tmp_path / "cut")

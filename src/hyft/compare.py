@@ -76,6 +76,12 @@ class Cell:
         except (OSError, ValueError, TypeError):
             return False
 
+    def config_changed(self) -> bool:
+        """The cell was run (cell.yaml) with another config than the one asked for now."""
+        if not (self.dir / "cell.yaml").is_file():
+            return False
+        return yaml.safe_load((self.dir / "cell.yaml").read_text(encoding="utf-8")) != _roundtrip(self.config)
+
     def resume_point(self) -> Path | None:
         """The latest complete checkpoint this unfinished cell can continue from: it verifies (sizes in its marker)
         and was written under exactly this cell's config; None means the cell starts from step 0."""
@@ -599,14 +605,21 @@ def run_compare(
         raise ConfigError("--jobs: concurrent cells run as separate processes; drop --in_process (or use --jobs 1)")
     save_spec(spec)
     cells = spec.cells()
-    for c in cells:  # a finished cell run with another config is not silently reused
-        if c.done and (c.dir / "cell.yaml").is_file():
-            old = yaml.safe_load((c.dir / "cell.yaml").read_text(encoding="utf-8"))
-            if old != _roundtrip(c.config):
-                raise ConfigError(
-                    f"{c.dir}: finished with a different config than this comparison asks for; delete it or use "
-                    "another --out"
-                )
+    for c in cells:  # a cell run with another config is neither silently reused nor silently started over
+        if not c.config_changed():
+            continue
+        if c.done:
+            raise ConfigError(
+                f"{c.dir}: finished with a different config than this comparison asks for; delete it or use "
+                "another --out"
+            )
+        saved = ckpt.list_checkpoints(c.dir)
+        if saved:  # starting it over would delete hours of training: the config change must be deliberate
+            raise ConfigError(
+                f"{c.dir}: unfinished, with checkpoints up to {saved[-1].name} written under a different config "
+                f"than this comparison asks for (its cell.yaml); run it with that config to continue it, or delete "
+                "the cell folder to start it over, or use another --out"
+            )
     failures: dict[str, str] = {}
     n = len(cells)
     todo = []
