@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import byte_tokenizer, tiny_model
 from hyft import checkpoint as ck
+from hyft.callbacks import Callback
 from hyft.cli import main
 from runs import (
     assert_bit_identical,
@@ -62,6 +64,52 @@ def test_layout_marker_and_keep_last_k(tmp_path):
     rep = json.loads((tmp_path / "run" / "run.json").read_text())["checkpoint"]
     assert rep == info["checkpoint"] and rep["ledger_updates"] == 5
     assert rep["base_safetensors_bytes"] > 10 * rep["ledger_bytes"] > 0
+
+
+def test_save_every_minutes_writes_when_the_clock_says_and_changes_nothing(tmp_path, monkeypatch):
+    """train.save_every_minutes: a checkpoint after the first step that ends past the deadline (here a clock that
+    jumps 2 minutes at step 3), the clock restarting at each checkpoint; the run itself is unchanged."""
+    import hyft.trainer as trainer_module
+
+    ref = make_trainer(tmp_path / "ref", steps=6, extra=["--train.keep_checkpoints", "9"])
+    ref.fit()
+    now = [1000.0]
+
+    class Clock:  # time.monotonic as the trainer reads it; perf_counter (the run's own timings) untouched
+        @staticmethod
+        def monotonic():
+            return now[0]
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    monkeypatch.setattr(trainer_module, "time", Clock())
+
+    class Jump(Callback):
+        def on_step_end(self, tr, result):
+            now[0] += 120.0 if tr.step == 3 else 1.0
+
+    from hyft.config import load_config
+    from hyft.trainer import Trainer
+
+    args = base_args(tmp_path / "run", "hybrid", 6, ["--train.save_every_minutes", "1.5", "--train.keep_checkpoints",
+                                                    "9"])  # fmt: skip
+    cfg = load_config(None, args)
+    tr = Trainer(cfg, model=tiny_model(), tokenizer=byte_tokenizer(), callbacks=[Jump()])
+    tr.fit()
+    # the deadline is checked after each step's callbacks: step 4 is the first to end 2 min after the start
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "run")] == ["step-00000004", "step-00000006"]
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "ref")
+    assert_bit_identical(checkpoint_tensors(final_checkpoint(tmp_path / "run")),
+                         checkpoint_tensors(final_checkpoint(tmp_path / "ref")))  # fmt: skip
+    from hyft.errors import ConfigError
+    from hyft.validate import check_config
+
+    check = lambda *extra: check_config(load_config(None, base_args(tmp_path / "x", "hybrid", 6, list(extra))))
+    with pytest.raises(ConfigError, match=r"train.save_every_minutes.*must be >= 0"):
+        check("--train.save_every_minutes", "-1")
+    with pytest.raises(ConfigError, match=r"train.save_every_minutes.*keep_checkpoints 0 would write nothing"):
+        check("--train.save_every_minutes", "5", "--train.keep_checkpoints", "0")
 
 
 def test_crash_while_writing_never_leaves_a_resumable_checkpoint(tmp_path, monkeypatch):

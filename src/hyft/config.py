@@ -160,6 +160,11 @@ class TrainConfig:
     overwrite: bool = _f(False, "allow writing into an output directory that holds another run")
     progress: bool = _f(True, "show a progress bar")
     save_every: int = _f(0, "write a checkpoint every N steps (0: only the final one); see docs/checkpoints.md")
+    save_every_minutes: float = _f(
+        0.0,
+        "also write a checkpoint once this many minutes (wall clock) have passed since the last one, at the end of "
+        "the step in flight (0: off): bounds what a sudden kill costs when steps are slow; results are unchanged",
+    )
     keep_checkpoints: int = _f(2, "keep the last K complete checkpoints (0: write none; the run cannot be resumed)")
     report_to: list[str] = _f(
         [],

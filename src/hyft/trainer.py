@@ -167,6 +167,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.phase = "setup"  # what runs now, for out-of-memory messages
         self._signals: list[int] = []
+        self._saved_at = time.monotonic()  # train.save_every_minutes counts from here, then from each checkpoint
         sinks = [
             RunFiles(),
             MetricsFile(),
@@ -246,7 +247,9 @@ class Trainer:
             kept = f"last good checkpoint kept: {last[-1]}" if last else "no checkpoint was written before"
             raise TrainingDiverged(f"stopped at {self.guard.stop}; nothing was updated from the bad state; {kept}")
         t = self.cfg.train
-        if self._signals or (t.save_every and self.step % t.save_every == 0 and self.step < t.steps):
+        every = t.save_every and self.step % t.save_every == 0
+        overdue = t.save_every_minutes and time.monotonic() - self._saved_at >= 60 * t.save_every_minutes
+        if self._signals or ((every or overdue) and self.step < t.steps):
             self.save_checkpoint()
         if self._signals:
             name = signal.Signals(self._signals[0]).name
@@ -342,6 +345,7 @@ class Trainer:
         if self.cfg.train.keep_checkpoints <= 0 or not self.is_main:  # DDP ranks hold identical weights
             return None
         self.last_checkpoint = ckpt.save_run(self)
+        self._saved_at = time.monotonic()
         self.fire("on_save", self.last_checkpoint)
         return self.last_checkpoint
 

@@ -46,6 +46,7 @@ _RANGES = [
     ("train.eval_batch_size", lambda v: v >= 1, "must be >= 1"),
     ("train.log_every", lambda v: v >= 1, "must be >= 1"),
     ("train.save_every", lambda v: v >= 0, "must be >= 0"),
+    ("train.save_every_minutes", lambda v: v >= 0, "must be >= 0"),
     ("train.keep_checkpoints", lambda v: v >= 0, "must be >= 0"),
     ("train.max_bad_steps", lambda v: v >= 1, "must be >= 1"),
     ("train.loss_bound", lambda v: v is None or v > 0, "must be > 0 or null"),
@@ -125,8 +126,9 @@ def check_config(cfg: Config, *, saved: bool = False) -> Method:
         raise _err(cfg, "peft.prompt_init", "text needs the text itself (peft.prompt_init_text)")
     if p.prompt_init_text and p.prompt_init != "text":
         raise _err(cfg, "peft.prompt_init_text", f"given, but peft.prompt_init is {p.prompt_init!r}; set it to text")
-    if t.save_every and not t.keep_checkpoints:
-        raise _err(cfg, "train.save_every", f"{t.save_every} with train.keep_checkpoints 0 would write nothing")
+    for key in ("save_every", "save_every_minutes"):
+        if getattr(t, key) and not t.keep_checkpoints:
+            raise _err(cfg, f"train.{key}", f"{getattr(t, key)} with train.keep_checkpoints 0 would write nothing")
     return method
 
 

@@ -13,9 +13,9 @@ ADD_HELP = False  # -h lists every config key instead
 # Keys a resumed run may change: they do not alter the trajectory (train.steps does when an lr schedule decays).
 RESUMABLE = {
     "train.steps", "train.eval_every", "train.eval_batch_size", "train.eval_before", "train.log_every",
-    "train.progress", "train.save_every", "train.keep_checkpoints", "train.report_to", "train.max_bad_steps",
-    "train.loss_bound", "train.output_dir", "train.overwrite", "model.device", "data.data_dir", "train.run_name",
-    "train.tracker_project",
+    "train.progress", "train.save_every", "train.save_every_minutes", "train.keep_checkpoints", "train.report_to",
+    "train.max_bad_steps", "train.loss_bound", "train.output_dir", "train.overwrite", "model.device",
+    "data.data_dir", "train.run_name", "train.tracker_project",
 }  # fmt: skip
 
 
