@@ -194,6 +194,34 @@ def test_a_resumed_run_continues_its_tracker_runs_and_sends_no_step_twice(tmp_pa
     assert json.loads((out / "trackers.json").read_text())["runs"] == saved["runs"]
 
 
+def test_a_tracker_left_out_of_a_resume_keeps_its_run_for_a_later_one(tmp_path, tracker_env):
+    from hyft.config import load_config
+    from hyft.trainer import Trainer
+
+    project, out = tracker_env, tmp_path / "run"
+
+    def run(trackers, steps, crash=None):
+        args = base_args(out, "hybrid", steps, ["--train.report_to", trackers, "--train.save_every", "2",
+                         "--train.tracker_project", project, "--train.run_name", "tiny"])  # fmt: skip
+        tr = Trainer(load_config(None, args), model=tiny_model(), tokenizer=byte_tokenizer(),
+                     callbacks=[Crash(crash)] if crash else [])  # fmt: skip
+        if (out / "checkpoints").is_dir():
+            tr.resume(out)
+        if crash:
+            with pytest.raises(RuntimeError, match="crash for the test"):
+                tr.fit()
+        else:
+            tr.fit()
+        return json.loads((out / "trackers.json").read_text())
+
+    first = run("mlflow,trackio", 8, crash=3)  # logged 2; checkpoint 2
+    second = run("mlflow", 8, crash=5)  # resumed from 2 without trackio; logged 4; checkpoint 4
+    assert second["runs"] == first["runs"] and second["sent"] == {"mlflow": [4, 1], "trackio": [2, 1]}
+    run("mlflow,trackio", 8)  # trackio named again: its run continues from step 6 (4 went by without it)
+    ml, _ = mlflow_scalars(f"sqlite:///{(out / 'mlflow.db').resolve()}", project, "tiny")
+    assert sorted(ml["train/loss"]) == [2, 4, 6, 8] and sorted(trackio_scalars(project)["train/loss"]) == [2, 6, 8]
+
+
 def test_a_new_run_in_an_old_directory_starts_new_tracker_runs(tmp_path, tracker_env):
     project, out = tracker_env, tmp_path / "run"
     extra = ["--train.report_to", "mlflow", "--train.tracker_project", project, "--train.run_name", "tiny"]
