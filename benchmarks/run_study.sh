@@ -9,7 +9,8 @@
 #            --out runs/study_cpu_sst2 --data.data_dir ../shared/data
 #
 # STUDY_DIR receives: launcher.log (this script's attempts and exit codes), study.log (the hyft output of every
-# attempt), launcher.pid (the background launcher), env.txt (date, commit, versions, cores), DONE when finished.
+# attempt), launcher.pid (the background launcher), env.txt (per launch, appended: date, commit, command, versions,
+# cores), DONE when finished.
 # Give the same directory to hyft as --out. Stop it with: kill $(cat STUDY_DIR/launcher.pid) (the running attempt
 # gets SIGTERM: compare cells write a checkpoint and stop; launching this again resumes).
 # Environment:
@@ -47,14 +48,15 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 rm -f "$DIR/DONE"
 echo $$ > "$DIR/launcher.pid"
-{
+{  # one block per launch, appended: a study resumed across sessions and checkouts keeps every commit that ran it
+  [ -s "$DIR/env.txt" ] && echo "---"
   echo "date: $(date -u +%FT%TZ)"
   echo "commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
   echo "command: hyft $*"
   "$PY" -c "import platform, torch, transformers, peft; print('python', platform.python_version(), '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| cuda', torch.cuda.is_available())" 2>&1
   nvidia-smi -L 2>/dev/null || echo "no GPU (nvidia-smi not found)"
   nproc 2>/dev/null | sed 's/^/cpus: /'
-} > "$DIR/env.txt"
+} >> "$DIR/env.txt"
 
 child=""
 stop() {

@@ -437,6 +437,10 @@ def test_run_study_launcher_reruns_until_done(tmp_path):
     assert "python stub" in (study / "env.txt").read_text()
     r = launch("sweep", ok_at=99, rc=2)  # a config error is not retried
     assert r.returncode == 2 and "not retrying" in r.stdout and not (study / "DONE").exists()
+    env = (study / "env.txt").read_text()  # both launches, each with its command and commit
+    assert [x for x in env.splitlines() if x.startswith("command: ")] == [f"command: hyft compare --out {study}",
+                                                                         "command: hyft sweep"]  # fmt: skip
+    assert env.count("\ncommit: ") + env.startswith("commit: ") == 2 and "\n---\n" in env
     assert (tmp_path / "count2").read_text().strip() == "1"
     r = launch("compare", ok_at=99, rc=1)
     assert r.returncode == 3 and (tmp_path / "count1").read_text().strip() == "5"
