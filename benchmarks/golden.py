@@ -131,7 +131,8 @@ def main() -> int:
         )
         want["platform"]["threads"] = torch.get_num_threads()
     if want["platform"] != platform_key():
-        print(f"{a.file} was recorded on {want['platform']}, this is {platform_key()}: record and check on one machine, at one thread count")
+        print(f"{a.file} was recorded on {want['platform']}, this is {platform_key()}: record and check on one "
+              "machine, at one thread count")  # fmt: skip
         return 2
     got = record(a.real or "smollm2-hybrid" in want["cases"])
     bad = [k for k in want["cases"] if got["cases"].get(k) != want["cases"][k]]
