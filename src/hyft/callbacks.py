@@ -167,7 +167,7 @@ class Trackers(Callback):
         self.sinks = Sinks()
         self.sent: dict[str, tuple[int, int]] = {}  # tracker -> (step, nth record at that step) last sent to it
         self.seen = (0, 0)  # the same for the records logged by this process
-        self.kept: dict[str, tuple[dict, list[int]]] = {}
+        self.saved: dict[str, Any] = {}  # trackers.json as the resumed run found it
 
     def on_prepare_output(self, tr: Trainer) -> None:
         t = tr.cfg.train
@@ -179,8 +179,7 @@ class Trackers(Callback):
         # a run the tracker could not reopen (a new MLflow store, a deleted run) is a new run: it gets everything
         self.sent = {n: tuple(saved.get("sent", {}).get(n, (0, 0))) if state[n] == runs.get(n) else (0, 0)
                      for n in state}  # fmt: skip
-        # trackers left out of this resume keep their runs, to be continued by a later one that names them again
-        self.kept = {n: (v, saved.get("sent", {}).get(n, [0, 0])) for n, v in runs.items() if n not in state}
+        self.saved = saved
         self._write(tr.out)
 
     def on_log(self, tr: Trainer, record: dict[str, Any]) -> None:
@@ -211,8 +210,9 @@ class Trackers(Callback):
         return saved if isinstance(saved, dict) else {}
 
     def _write(self, out: Path) -> None:
-        runs = {**{n: v for n, (v, _) in self.kept.items()}, **self.sinks.state()}
-        sent = {**{n: list(s) for n, (_, s) in self.kept.items()}, **{n: list(v) for n, v in self.sent.items()}}
+        # trackers left out of this resume keep their saved runs, for a later resume that names them again
+        runs = {**self.saved.get("runs", {}), **self.sinks.state()}
+        sent = {**self.saved.get("sent", {}), **{n: list(v) for n, v in self.sent.items()}}
         state = {"runs": runs, "sent": sent}
         write_text_atomically(out / self.FILE, json.dumps(state, indent=1))
 

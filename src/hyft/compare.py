@@ -58,7 +58,6 @@ CSV_FIELDS = [
 ]  # fmt: skip
 
 
-# -- config dictionaries -------------------------------------------------------------------------------------------
 # -- the plan ------------------------------------------------------------------------------------------------------
 @dataclass
 class Cell:
@@ -82,13 +81,28 @@ class Cell:
             return False
         return yaml.safe_load((self.dir / "cell.yaml").read_text(encoding="utf-8")) != _roundtrip(self.config)
 
+    def refusal(self) -> str | None:
+        """Why this cell may not run under the config asked for now, else None: it finished, or holds checkpoints,
+        under another one (starting it over would delete hours of training: that must be deliberate)."""
+        if not self.config_changed():
+            return None
+        if self.done:
+            return (
+                f"{self.dir}: finished with a different config than this comparison asks for; delete it or use "
+                "another --out"
+            )
+        saved = ckpt.list_checkpoints(self.dir)
+        if saved:
+            return (f"{self.dir}: unfinished, with checkpoints up to {saved[-1].name} written under a different config "
+                    f"than this comparison asks for (its cell.yaml); run it with that config to continue it, or delete "
+                    "the cell folder to start it over, or use another --out")  # fmt: skip
+        return None
+
     def resume_point(self) -> Path | None:
         """The latest complete checkpoint this unfinished cell can continue from: it verifies (sizes in its marker)
         and was written under exactly this cell's config; None means the cell starts from step 0."""
-        if not (self.dir / "cell.yaml").is_file():
-            return None
         try:
-            if yaml.safe_load((self.dir / "cell.yaml").read_text(encoding="utf-8")) != _roundtrip(self.config):
+            if not (self.dir / "cell.yaml").is_file() or self.config_changed():
                 return None
             want = from_dict(self.config).to_dict()
         except (OSError, yaml.YAMLError, ConfigError):
@@ -606,20 +620,9 @@ def run_compare(
     save_spec(spec)
     cells = spec.cells()
     for c in cells:  # a cell run with another config is neither silently reused nor silently started over
-        if not c.config_changed():
-            continue
-        if c.done:
-            raise ConfigError(
-                f"{c.dir}: finished with a different config than this comparison asks for; delete it or use "
-                "another --out"
-            )
-        saved = ckpt.list_checkpoints(c.dir)
-        if saved:  # starting it over would delete hours of training: the config change must be deliberate
-            raise ConfigError(
-                f"{c.dir}: unfinished, with checkpoints up to {saved[-1].name} written under a different config "
-                f"than this comparison asks for (its cell.yaml); run it with that config to continue it, or delete "
-                "the cell folder to start it over, or use another --out"
-            )
+        why = c.refusal()
+        if why:
+            raise ConfigError(why)
     failures: dict[str, str] = {}
     n = len(cells)
     todo = []

@@ -48,12 +48,10 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     )  # fmt: skip
     cells = spec.cells()
     if args.dry_run:
-        from hyft.checkpoint import list_checkpoints
-
         for c in cells:
             point = None if c.done else c.resume_point()
             state = "done   " if c.done else "pending" + (f" (continues from {point.name})" if point else "")
-            if c.config_changed() and (c.done or list_checkpoints(c.dir)):
+            if c.refusal():
                 state = "refused (run with another config: see its cell.yaml)"
             print(f"{state} {c.key}  {c.dir}")
         print(f"[hyft] {sum(c.done for c in cells)}/{len(cells)} cells finished")
